@@ -1,0 +1,384 @@
+"""The trial config schema: the single source of defaults.
+
+A *trial config* fully describes one SimCLR pretraining run plus its evaluation. It is a
+typed, validated pydantic model; its ``resolved`` form (``TrialConfig.model_dump()``) is a
+plain nested dict that can be logged, diffed and re-run: ``TrialConfig.model_validate(d)``
+rebuilds the same run.
+
+Every field carries its default here and nowhere else. The sweep spec (``ablate.spec``)
+overrides fields by dotted path (``model.head``, ``train.batch_size``, ``augment.ops``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: The augmentation ops of the paper's Figure 5, plus horizontal flip (crop's usual companion).
+AUGMENTATION_OPS: tuple[str, ...] = (
+    "crop",
+    "flip",
+    "color",
+    "grayscale",
+    "cutout",
+    "sobel",
+    "noise",
+    "blur",
+    "rotate",
+)
+#: The seven ops that the paper's Figure 5 pairs with each other.
+FIGURE5_OPS: tuple[str, ...] = ("crop", "cutout", "color", "sobel", "noise", "blur", "rotate")
+#: Named compositions. ``simclr`` is the ImageNet pipeline; the paper drops blur on CIFAR-10.
+AUGMENTATION_PRESETS: dict[str, tuple[str, ...]] = {
+    "simclr": ("crop", "flip", "color", "blur"),
+    "simclr_cifar": ("crop", "flip", "color"),
+    "none": (),
+}
+
+OpName = Literal["crop", "flip", "color", "grayscale", "cutout", "sobel", "noise", "blur", "rotate"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DataConfig(StrictModel):
+    """Where images come from and how they are split (see ``ablate.data``)."""
+
+    name: Literal["cifar10", "cifar100", "stl10", "image_folder", "parquet", "synthetic"] = (
+        "synthetic"
+    )
+    root: str | None = Field(
+        None, description="torchvision datasets and image_folder: the root directory."
+    )
+    download: bool = Field(
+        True, description="torchvision datasets: download when the files are missing."
+    )
+    train_path: str | None = Field(
+        None, description="parquet: a file, directory or glob holding the training rows."
+    )
+    test_path: str | None = Field(
+        None, description="parquet: the test rows (omit when a split column is used)."
+    )
+    image_column: str = "image"
+    label_column: str = "label"
+    split_column: str | None = Field(
+        None, description="parquet: a column whose values 'train'/'test' split one source."
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="Resize every image to this side (required for mixed sizes)."
+    )
+    limit_train: int | None = Field(None, ge=1, description="Use only the first N train rows.")
+    limit_test: int | None = Field(None, ge=1, description="Use only the first N test rows.")
+    # synthetic source
+    num_train: int = Field(2048, ge=8, description="synthetic: training images.")
+    num_test: int = Field(512, ge=8, description="synthetic: test images.")
+    num_classes: int = Field(4, ge=2, le=8, description="synthetic: classes (one shape each).")
+    synthetic_size: int = Field(32, ge=8, description="synthetic: image side in pixels.")
+    seed: int = Field(0, description="Seed of the synthetic images and of every split.")
+    # splits
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Class-balanced share of train held out for ranking."
+    )
+    labelled_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="Class-balanced labelled subset for fine-tuning."
+    )
+    mean: tuple[float, float, float] | None = Field(
+        None, description="Normalisation mean; computed from the training images when unset."
+    )
+    std: tuple[float, float, float] | None = None
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class ModelConfig(StrictModel):
+    """Encoder and projection head (the axis of the paper's Figure 8)."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    stem: Literal["cifar", "imagenet"] = Field(
+        "cifar", description="cifar: 3x3 stride-1 conv1, no max-pool (paper's CIFAR appendix)."
+    )
+    width: int = Field(64, ge=4, description="Base width of the ResNet (64 in torchvision).")
+    pretrained: bool = Field(False, description="Load torchvision ImageNet weights (width 64).")
+    head: Literal["none", "linear", "nonlinear"] = "nonlinear"
+    out_dim: int = Field(128, ge=1, description="Output dimension of a linear/nonlinear head.")
+    hidden_dim: int | None = Field(
+        None, ge=1, description="Hidden width of the nonlinear head; default: width of h."
+    )
+    sync_batchnorm: bool = Field(False, description="Global BatchNorm across workers.")
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+class CropParams(StrictModel):
+    """Random resized crop: area scale and aspect ratio, then resize back to the input size."""
+
+    p: float = Field(1.0, ge=0.0, le=1.0)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1]:
+            raise ValueError(f"expected 0 < lo <= hi, got {list(value)}")
+        return value
+
+
+class FlipParams(StrictModel):
+    p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class ColorParams(StrictModel):
+    """Color distortion of strength s: jitter (0.8s, 0.8s, 0.8s, 0.2s) with p, then grayscale."""
+
+    strength: float = Field(1.0, ge=0.0)
+    p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class GrayscaleParams(StrictModel):
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class CutoutParams(StrictModel):
+    """Zero a random square whose side is ``size`` times the image side."""
+
+    p: float = Field(1.0, ge=0.0, le=1.0)
+    size: tuple[float, float] = (0.25, 0.5)
+
+
+class SobelParams(StrictModel):
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class NoiseParams(StrictModel):
+    """Additive gaussian noise with a per-sample std drawn from ``std`` (pixel range [0, 1])."""
+
+    p: float = Field(1.0, ge=0.0, le=1.0)
+    std: tuple[float, float] = (0.05, 0.2)
+
+
+class BlurParams(StrictModel):
+    """Gaussian blur, kernel ``kernel_fraction`` of the side, sigma drawn from ``sigma``."""
+
+    p: float = Field(0.5, ge=0.0, le=1.0)
+    sigma: tuple[float, float] = (0.1, 2.0)
+    kernel_fraction: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class RotateParams(StrictModel):
+    """Rotation by a random multiple of 90 degrees, drawn from ``angles``."""
+
+    p: float = Field(1.0, ge=0.0, le=1.0)
+    angles: tuple[int, ...] = (90, 180, 270)
+
+    @field_validator("angles")
+    @classmethod
+    def _multiples_of_90(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(a % 90 for a in value):
+            raise ValueError(f"expected a non-empty list of multiples of 90, got {list(value)}")
+        return value
+
+
+class AugmentConfig(StrictModel):
+    """The two-view augmentation pipeline (the axis of the paper's Figure 5).
+
+    ``ops`` is an ordered list of op names or one preset name. In ``symmetric`` mode both views
+    get ``base + ops`` independently; in ``asymmetric`` mode (the Figure 5 protocol) the first
+    view gets ``base + ops`` and the second only ``base``.
+    """
+
+    ops: list[OpName] = Field(default_factory=lambda: list(AUGMENTATION_PRESETS["simclr_cifar"]))
+    mode: Literal["symmetric", "asymmetric"] = "symmetric"
+    base: list[OpName] = Field(default_factory=list)
+    normalize: bool = True
+    crop: CropParams = Field(default_factory=CropParams)
+    flip: FlipParams = Field(default_factory=FlipParams)
+    color: ColorParams = Field(default_factory=ColorParams)
+    grayscale: GrayscaleParams = Field(default_factory=GrayscaleParams)
+    cutout: CutoutParams = Field(default_factory=CutoutParams)
+    sobel: SobelParams = Field(default_factory=SobelParams)
+    noise: NoiseParams = Field(default_factory=NoiseParams)
+    blur: BlurParams = Field(default_factory=BlurParams)
+    rotate: RotateParams = Field(default_factory=RotateParams)
+
+    @field_validator("ops", "base", mode="before")
+    @classmethod
+    def _expand_preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value in AUGMENTATION_PRESETS:
+                return list(AUGMENTATION_PRESETS[value])
+            if "+" in value:  # "crop+color", the spelling of run names and reports
+                return value.split("+")
+            return [value]
+        return value
+
+
+# ----------------------------------------------------------------------------- loss, optimiser
+
+
+class LossConfig(StrictModel):
+    """Contrastive objective (the paper's Table 2)."""
+
+    name: Literal["nt_xent", "nt_logistic", "margin_triplet"] = "nt_xent"
+    temperature: float = Field(0.5, gt=0.0)
+    margin: float = Field(0.5, ge=0.0, description="margin_triplet only.")
+
+
+class OptimConfig(StrictModel):
+    """Optimiser and schedule: linear warmup then cosine decay, lr scaled by batch size."""
+
+    name: Literal["lars", "sgd", "adamw"] = "lars"
+    base_lr: float = Field(0.3, gt=0.0, description="Learning rate before scaling.")
+    lr_scaling: Literal["linear", "sqrt", "none"] = Field(
+        "linear", description="linear: base_lr*B/256; sqrt: base_lr*sqrt(B); none: base_lr."
+    )
+    weight_decay: float = Field(1e-6, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    lars_eta: float = Field(1e-3, gt=0.0, description="LARS trust coefficient.")
+    warmup_epochs: float = Field(
+        10.0, ge=0.0, description="Linear warmup; lasts min(warmup_epochs, epochs)."
+    )
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class FaultConfig(StrictModel):
+    """Fault injection, to prove recovery paths (tests and drills); off by default."""
+
+    raise_once_at_epoch: int | None = Field(
+        None, ge=1, description="A worker raises once after this epoch's checkpoint."
+    )
+    nan_loss_at_epoch: int | None = Field(None, ge=1, description="Make the loss NaN here.")
+    raise_at_start: str | None = Field(
+        None, description="Raise RuntimeError(text) before training (e.g. a simulated OOM)."
+    )
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=2, description="Global batch (all workers together).")
+    seed: int = Field(0, description="Seeds weights, augmentation and shuffling.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16."
+    )
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model.")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Cap the steps of an epoch (quick experiments)."
+    )
+    checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class ProbeConfig(StrictModel):
+    """Linear probe on frozen, cached encoder features."""
+
+    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    max_iter: int = Field(200, ge=1, description="L-BFGS iterations or SGD epochs.")
+    weight_decay: float = Field(1e-4, ge=0.0, description="L2 penalty on the weights.")
+    lr: float = Field(0.1, gt=0.0, description="sgd only.")
+    batch_size: int = Field(1024, ge=1, description="sgd only.")
+    standardize: bool = Field(True, description="Standardise features with train statistics.")
+    epochs: list[int] = Field(
+        default_factory=list, description="Extra pretraining epochs at which to probe."
+    )
+
+
+class SemiSupervisedConfig(StrictModel):
+    """Fine-tune encoder + linear layer on a labelled fraction (the paper's 1%/10% result)."""
+
+    enabled: bool = False
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    batch_size: int = Field(256, ge=1)
+
+
+class EvalConfig(StrictModel):
+    eval_every: int = Field(1, ge=1, description="Epochs between kNN evaluations.")
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.1, gt=0.0)
+    online_probe: bool = Field(True, description="Linear classifier on detached h during training.")
+    online_probe_lr: float = Field(0.1, gt=0.0)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    semi_supervised: SemiSupervisedConfig = Field(default_factory=SemiSupervisedConfig)
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+class ResourcesConfig(StrictModel):
+    """The worker group of one trial."""
+
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="Fractions pack trials on one GPU.")
+
+
+# ----------------------------------------------------------------------------- trial
+
+
+class TrialConfig(StrictModel):
+    """Everything one trial needs; ``model_dump()`` is the resolved config that gets logged."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _batch_fits_workers(self) -> TrialConfig:
+        workers = self.resources.num_workers
+        if self.train.batch_size % workers:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} must be divisible by "
+                f"resources.num_workers={workers}"
+            )
+        return self
+
+
+def resolve(config: dict[str, Any] | TrialConfig) -> dict[str, Any]:
+    """Validate ``config`` and return the plain, JSON-able resolved dict (defaults filled)."""
+    model = config if isinstance(config, TrialConfig) else TrialConfig.model_validate(config)
+    return model.model_dump(mode="json")
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"model.head": "nonlinear", ...}`` (lists and tuples kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``path="a.b"``, creating dicts on the way."""
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise KeyError(f"{path}: {part!r} is not a section")
+    node[leaf] = value
