@@ -289,8 +289,8 @@ class ProbeConfig(StrictModel):
     """Linear probe on frozen, cached encoder features."""
 
     solver: Literal["lbfgs", "sgd"] = "lbfgs"
-    max_iter: int = Field(200, ge=1, description="L-BFGS iterations or SGD epochs.")
-    weight_decay: float = Field(1e-4, ge=0.0, description="L2 penalty on the weights.")
+    max_iter: int = Field(100, ge=1, description="L-BFGS iterations or SGD epochs.")
+    weight_decay: float = Field(1e-3, ge=0.0, description="L2 penalty on the weights.")
     lr: float = Field(0.1, gt=0.0, description="sgd only.")
     batch_size: int = Field(1024, ge=1, description="sgd only.")
     standardize: bool = Field(True, description="Standardise features with train statistics.")
@@ -351,6 +351,12 @@ class TrialConfig(StrictModel):
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must be divisible by "
                 f"resources.num_workers={workers}"
+            )
+        if self.model.sync_batchnorm and workers > 1 and self.resources.gpus_per_worker == 0:
+            raise ValueError(
+                "model.sync_batchnorm=true with several workers needs GPU workers (torch's "
+                "SyncBatchNorm has no CPU kernel): set resources.gpus_per_worker > 0 or "
+                "model.sync_batchnorm=false"
             )
         return self
 

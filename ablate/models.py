@@ -109,11 +109,16 @@ def _imagenet_state_dict(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as error:  # offline, proxy, disk, hash: one message that says what to do
+        problem = (
+            f"are in {cached} but could not be loaded"
+            if os.path.exists(cached)
+            else f"are missing: looked for {cached}"
+        )
         raise RuntimeError(
-            f"model.pretrained=true: torchvision's ImageNet weights for {cfg.arch} "
-            f"({weights}) are missing: looked for {cached} (the torch hub cache, "
-            f"$TORCH_HOME/hub/checkpoints; TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}) "
-            f"and could not download {weights.url} ({type(error).__name__}: {error}). "
+            f"model.pretrained=true: torchvision's ImageNet weights for {cfg.arch} ({weights}) "
+            f"{problem} (the torch hub cache, $TORCH_HOME/hub/checkpoints; "
+            f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}) and fetching {weights.url} "
+            f"failed ({type(error).__name__}: {error}). "
             f"Copy that file to {cached}, or set model.pretrained=false."
         ) from None
 
@@ -160,9 +165,7 @@ class ProjectionHead(nn.Module):
     paper: the width of h). The first Linear has no bias since BatchNorm follows it.
     """
 
-    def __init__(
-        self, kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None
-    ) -> None:
+    def __init__(self, kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None) -> None:
         super().__init__()
         self.kind = kind
         if kind == "none":

@@ -7,7 +7,8 @@ GPU), and reports once per epoch through ``ray.train.report``:
 
     epoch, train/loss, train/contrastive_top1, train/lr, train/images_per_sec,
     train/epoch_seconds, val/knn_top1 (carried between evaluations), val/online_top1,
-    wall_seconds, overhead_seconds, status ("running" | "completed" | "diverged"), reason
+    wall_seconds, overhead_seconds, restored_epoch,
+    status ("running" | "completed" | "diverged"), reason
 
 The last epoch adds the offline linear probe and kNN on the validation and test splits
 (``val/probe_top1``, ``val/probe_top5``, ``test/probe_top1``, ``test/probe_top5``,
@@ -133,12 +134,15 @@ def _to_device_batch(
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     """Ray Train worker entry point: ``{"config": resolved TrialConfig, "runtime": {...}}``.
 
     ``runtime`` holds what is not part of the experiment's definition: ``launched_at`` (the
     trial's start, to measure the fixed per-trial overhead), ``dataset_ref`` (a one-element list
     with an object-store reference to the decoded dataset) or ``data_cache_dir``.
+
+    Returns every epoch's report, the epochs before a restart included (they travel in the
+    checkpoint), which ``TorchTrainer.fit().return_value`` hands to the caller.
     """
     import ray.train
     import ray.train.torch
@@ -169,10 +173,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     encoder = models.build_encoder(config.model)
     head = models.build_head(config.model, encoder.feat_dim)
     model: torch.nn.Module = models.SimCLRModel(encoder, head)
-    if config.model.sync_batchnorm and world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     channels_last = config.train.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+    model = models.convert_sync_batchnorm(model, config.model)
     optimizer = optim.build_optimizer(model, config.optim, config.train.batch_size)
     total_steps = steps_per_epoch * config.train.epochs
     warmup_steps = round(min(config.optim.warmup_epochs, config.train.epochs) * steps_per_epoch)
@@ -183,6 +186,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     online.to(device)
 
     start_epoch, best = 0, {"val/knn_top1": float("nan")}
+    history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -196,7 +200,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
         best["val/knn_top1"] = float(state["knn_top1"])
+        history = list(state["history"])
     resumed = checkpoint is not None
+    restored_epoch = start_epoch
 
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     if config.train.compile:
@@ -294,14 +300,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train/images_per_sec": steps_done * local_batch / max(epoch_seconds, 1e-9),
             "train/epoch_seconds": epoch_seconds,
             "overhead_seconds": overhead if overhead is not None else float("nan"),
+            # The checkpoint epoch this worker group started from: > 0 after a restart.
+            "restored_epoch": restored_epoch,
             "status": "running",
             "reason": "",
         }
         if diverged_reason:
             metrics.update(best, status="diverged", reason=diverged_reason)
             metrics["wall_seconds"] = time.time() - wall_start
+            history.append(metrics)
             ray.train.report(metrics)
-            return
+            return history
 
         last = epoch == config.train.epochs
         evaluate_now = epoch % config.eval.eval_every == 0 or last
@@ -313,6 +322,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if last:
             metrics["status"] = "completed"
         metrics["wall_seconds"] = time.time() - wall_start
+        history.append(metrics)
 
         save = epoch % config.train.checkpoint_every == 0 or last
         if save:
@@ -328,6 +338,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             "torch_rng": torch.get_rng_state(),
                             "epoch": epoch,
                             "knn_top1": best.get("val/knn_top1", float("nan")),
+                            "history": history,
                         },
                         os.path.join(directory, CHECKPOINT_FILE),
                     )
@@ -343,6 +354,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"injected fault: worker raised after epoch {epoch} "
                 "(train.faults.raise_once_at_epoch)"
             )
+    return history
 
 
 def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -488,9 +500,11 @@ def build_trainer(
     )
 
 
-def run_trial(config: dict[str, Any], *, storage_path: str, name: str, **kwargs: Any) -> dict:
-    """Run one trial to the end outside Tune; returns the last reported metrics."""
+def run_trial(
+    config: dict[str, Any], *, storage_path: str, name: str, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """Run one trial to the end outside Tune; returns every epoch's metrics (rank 0)."""
     result = build_trainer(config, storage_path=storage_path, name=name, **kwargs).fit()
     if result.error is not None:
         raise result.error
-    return dict(result.metrics or {})
+    return list(result.return_value or [])

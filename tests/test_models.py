@@ -1,0 +1,158 @@
+"""Encoders, projection heads and the SimCLR model."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ablate.config import ModelConfig
+from ablate.models import (
+    ProjectionHead,
+    SimCLRModel,
+    build_encoder,
+    build_head,
+    build_model,
+    convert_sync_batchnorm,
+)
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "feat_dim"),
+    [
+        ("resnet18", 8, 64),
+        ("resnet18", 64, 512),
+        ("resnet34", 8, 64),
+        ("resnet34", 64, 512),
+        ("resnet50", 8, 256),
+        ("resnet50", 64, 2048),
+    ],
+)
+def test_feat_dim_and_output_shape(arch, width, feat_dim):
+    encoder = build_encoder(ModelConfig(arch=arch, width=width)).eval()
+    assert encoder.feat_dim == feat_dim
+    with torch.no_grad():
+        h = encoder(torch.randn(2, 3, 32, 32))
+    assert h.shape == (2, feat_dim)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_width_scales_every_torchvision_layer(arch):
+    """Width 64 is torchvision's network (names and shapes); width 16 is it with /4 channels."""
+    reference = getattr(torchvision.models, arch)().state_dict()
+    reference = {k: v.shape for k, v in reference.items() if not k.startswith("fc.")}
+    full = build_encoder(ModelConfig(arch=arch, stem="imagenet")).state_dict()
+    assert {k: v.shape for k, v in full.items()} == reference
+
+    narrow = build_encoder(ModelConfig(arch=arch, stem="imagenet", width=16)).state_dict()
+    assert narrow.keys() == reference.keys()
+    for key, shape in reference.items():
+        if len(shape) == 0:  # BatchNorm's num_batches_tracked
+            expected = shape
+        elif len(shape) == 4:  # conv: (out, in, kh, kw); the image has 3 channels
+            in_channels = 3 if key == "conv1.weight" else shape[1] // 4
+            expected = torch.Size((shape[0] // 4, in_channels, *shape[2:]))
+        else:
+            expected = torch.Size((shape[0] // 4,))
+        assert narrow[key].shape == expected, key
+
+
+def test_cifar_stem_keeps_resolution_and_imagenet_stem_halves_it():
+    x = torch.randn(2, 3, 32, 32)
+    cifar = build_encoder(ModelConfig(stem="cifar", width=8))
+    imagenet = build_encoder(ModelConfig(stem="imagenet", width=8))
+    assert cifar.conv1(x).shape == (2, 8, 32, 32)
+    assert cifar.conv1.kernel_size == (3, 3)
+    assert cifar.maxpool(cifar.conv1(x)).shape == (2, 8, 32, 32)  # no max-pool
+    assert imagenet.conv1(x).shape == (2, 8, 16, 16)
+    assert imagenet.maxpool(imagenet.conv1(x)).shape == (2, 8, 8, 8)
+
+
+def test_heads_output_shapes():
+    h = torch.randn(4, 32)
+    none = build_head(ModelConfig(head="none"), 32)
+    assert none(h) is h
+    assert none.out_dim == 32
+    linear = build_head(ModelConfig(head="linear", out_dim=16), 32)
+    assert linear(h).shape == (4, 16)
+    assert [type(m) for m in linear.modules()] == [ProjectionHead, nn.Linear]
+    nonlinear = build_head(ModelConfig(head="nonlinear", out_dim=16), 32)
+    assert nonlinear(h).shape == (4, 16)
+    first, bn, relu, last = nonlinear.layers
+    assert (type(first), type(bn), type(relu), type(last)) == (
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,
+        nn.Linear,
+    )
+    assert first.out_features == 32  # hidden width = width of h by default
+    hidden = build_head(ModelConfig(head="nonlinear", out_dim=16, hidden_dim=64), 32)
+    assert hidden.layers[0].out_features == 64
+    assert hidden(h).shape == (4, 16)
+
+
+def test_simclr_model_returns_h_and_z():
+    cfg = ModelConfig(arch="resnet18", width=8, head="nonlinear", out_dim=24)
+    model = build_model(cfg)
+    assert isinstance(model, SimCLRModel)
+    h, z = model(torch.randn(3, 3, 32, 32))
+    assert h.shape == (3, 64)
+    assert z.shape == (3, 24)
+    torch.testing.assert_close(z, model.head(h))
+    h, z = build_model(cfg.model_copy(update={"head": "none"}))(torch.randn(3, 3, 16, 16))
+    assert z is h
+
+
+def test_pretrained_needs_width_64():
+    with pytest.raises(ValueError, match=r"model.pretrained=true needs model.width=64"):
+        build_encoder(ModelConfig(pretrained=True, width=32))
+
+
+def test_pretrained_offline_fails_with_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):  # what an offline machine's resolver answers
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(RuntimeError) as info:
+        build_encoder(ModelConfig(arch="resnet34", pretrained=True))
+    message = str(info.value)
+    expected_file = os.path.join(tmp_path, "hub", "checkpoints", "resnet34-b627a593.pth")
+    assert "resnet34" in message
+    assert "ResNet34_Weights.IMAGENET1K_V1" in message
+    assert expected_file in message
+    assert "model.pretrained=false" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_pretrained_loads_the_cached_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(3)
+    source = torchvision.models.resnet18().state_dict()
+    for value in source.values():  # make BatchNorm statistics distinguishable from a fresh init
+        if value.is_floating_point():
+            value.add_(0.01)
+    torch.save(source, checkpoints / "resnet18-f37072fd.pth")
+
+    encoder = build_encoder(ModelConfig(arch="resnet18", stem="imagenet", pretrained=True))
+    loaded = encoder.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, source[key], msg=key)
+
+    with pytest.warns(UserWarning, match="conv1"):
+        cifar = build_encoder(ModelConfig(arch="resnet18", stem="cifar", pretrained=True))
+    assert cifar.conv1.weight.shape == (64, 3, 3, 3)
+    torch.testing.assert_close(cifar.layer4[1].bn2.running_var, source["layer4.1.bn2.running_var"])
+
+
+def test_sync_batchnorm_is_a_no_op_without_several_workers():
+    model = build_model(ModelConfig(width=8, sync_batchnorm=True))
+    assert convert_sync_batchnorm(model, ModelConfig(sync_batchnorm=True)) is model
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
