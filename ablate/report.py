@@ -1,0 +1,964 @@
+"""Ablation reports read back from MLflow: a results table, the paper's figures, a summary.
+
+``build_report`` reads the child runs of one sweep execution (see ``ablate.tracking``), writes
+``results.parquet`` (one row per trial) and ``history.parquet`` (ranking metric per epoch), the
+figures (PNG + SVG) laid out like SimCLR's (Chen et al., 2020) Figures 5, 8 and 9, and
+``summary.md`` with the best configurations and the paper's qualitative findings checked on this
+sweep; then logs all of it under ``report/`` of the parent run.
+
+Means and figures use completed trials only (a trial stopped early by ASHA has fewer epochs and
+is not comparable); they are mean ± sample std over replicates and any other varying key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise, product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from ablate.config import AUGMENTATION_OPS, FIGURE5_OPS
+from ablate.tracking import (
+    TAG_REPLICATE,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STATUS_DETAIL,
+    TAG_TRIAL_ID,
+    TAG_VARYING,
+)
+
+#: Ranking metric: validation kNN top-1 at the last epoch (never test, never the loss).
+RANKING_METRIC = "val/knn_top1"
+#: Final metrics copied into the results table (when a run logged them).
+FINAL_METRICS: tuple[str, ...] = (
+    "val/knn_top1",
+    "val/online_top1",
+    "val/probe_top1",
+    "val/probe_top5",
+    "test/probe_top1",
+    "test/probe_top5",
+    "test/knn_top1",
+    "train/loss",
+    "train/contrastive_top1",
+)
+COMPUTE_METRICS: tuple[str, ...] = (
+    "compute/epochs_run",
+    "compute/wall_seconds",
+    "compute/cpu_seconds",
+    "compute/gpu_seconds",
+    "compute/retries",
+)
+#: Statuses whose final metrics enter means, figures and findings.
+COMPARABLE = ("completed",)
+HEAD_ORDER = ("nonlinear", "linear", "none")  # the paper's Figure 8 finding, best first
+
+Row = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+@dataclass
+class SweepResults:
+    """The trials of one sweep execution, as read back from MLflow."""
+
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    rows: list[Row]
+    varying_keys: list[str]
+    #: run_id -> [(epoch, value)] of the ranking metric
+    histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def _normalise_value(key: str, value: Any) -> Any:
+    """A varying value as a table cell: op lists as ``crop+color``, other lists as JSON."""
+    if isinstance(value, (list, tuple)):
+        if key == "augment.ops":
+            return "+".join(str(v) for v in value) if value else "none"
+        return json.dumps(list(value))
+    return value
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def find_parent_run(client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> Run:
+    """The given parent run, else the latest sweep run of the experiment."""
+    if parent_run_id is not None:
+        return client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise LookupError(f"experiment {experiment_id} has no sweep (parent) run")
+    return runs[0]
+
+
+def _child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def run_row(run: Run) -> tuple[Row, list[str]]:
+    """One trial's row of the results table and its varying keys."""
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    varying = json.loads(tags.get(TAG_VARYING, "{}"))
+    status = tags.get(TAG_STATUS, "running")
+    if run.info.status == "RUNNING":
+        status = "running"
+    row: Row = {
+        "trial_id": tags.get(TAG_TRIAL_ID, ""),
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name or "",
+        "replicate": _int_or_none(tags.get(TAG_REPLICATE)) or 0,
+        "seed": _int_or_none(params.get("train.seed")),
+        "status": status,
+        "status_detail": tags.get(TAG_STATUS_DETAIL, ""),
+        "epochs_planned": _int_or_none(params.get("train.epochs")),
+    }
+    for key, value in varying.items():
+        row[key] = _normalise_value(key, value)
+    for key in (*FINAL_METRICS, *COMPUTE_METRICS):
+        value = metrics.get(key)
+        row[key] = float(value) if value is not None else None
+    return row, list(varying)
+
+
+def load_results(
+    client: MlflowClient,
+    experiment: str,
+    parent_run_id: str | None = None,
+    metric: str = RANKING_METRIC,
+) -> SweepResults:
+    """Read one sweep execution back: rows, varying keys and the metric's per-epoch history."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise LookupError(f"no MLflow experiment {experiment!r}; experiments: {names}")
+    parent = find_parent_run(client, found.experiment_id, parent_run_id)
+    rows: list[Row] = []
+    keys: list[str] = []
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for run in _child_runs(client, found.experiment_id, parent.info.run_id):
+        row, varying = run_row(run)
+        rows.append(row)
+        keys.extend(k for k in varying if k not in keys)
+        history = client.get_metric_history(run.info.run_id, metric)
+        by_step = {int(m.step): float(m.value) for m in history}
+        histories[run.info.run_id] = sorted(by_step.items())
+    return SweepResults(experiment, found.experiment_id, parent.info.run_id, rows, keys, histories)
+
+
+def write_results_table(rows: Sequence[Row], path: Path, metadata: dict[str, str]) -> pa.Table:
+    """Rows -> Parquet with one type per column (mixed numbers widen to float, else text)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    arrays, fields = [], []
+    for name in columns:
+        values = [row.get(name) for row in rows]
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, bool) for v in present):
+            kind = pa.bool_()
+        elif present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            kind = pa.int64()
+        elif present and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in present
+        ):
+            kind = pa.float64()
+            values = [float(v) if v is not None else None for v in values]
+        else:
+            kind = pa.string()
+            values = [None if v is None else v if isinstance(v, str) else str(v) for v in values]
+        arrays.append(pa.array(values, type=kind))
+        fields.append(pa.field(name, kind))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+    pq.write_table(table, path)
+    return table
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean ± sample std (0 for a single value) of ``n`` values."""
+
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
+
+
+def stat(values: Iterable[float]) -> Stat | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return Stat(float(np.mean(finite)), std, len(finite))
+
+
+def comparable(rows: Iterable[Row], statuses: Sequence[str] = COMPARABLE) -> list[Row]:
+    return [row for row in rows if row.get("status") in statuses]
+
+
+def group_stats(
+    rows: Iterable[Row],
+    keys: Sequence[str],
+    metric: str,
+    statuses: Sequence[str] = COMPARABLE,
+) -> dict[tuple[Any, ...], Stat]:
+    """Mean ± std of ``metric`` per combination of ``keys`` (over replicates and the rest)."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for row in comparable(rows, statuses):
+        if row.get(metric) is None:
+            continue
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row[metric])
+    stats = {key: stat(values) for key, values in groups.items()}
+    return {key: value for key, value in stats.items() if value is not None}
+
+
+def _sorted_values(values: Iterable[Any]) -> list[Any]:
+    values = list(dict.fromkeys(values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return sorted(values)
+    return sorted(values, key=str)
+
+
+# ----------------------------------------------------------------------------- Figure 5 data
+
+
+@dataclass
+class AugmentationMatrix:
+    """Figure 5: row = first op, column = second op, diagonal = the op alone.
+
+    ``mean``/``std``/``count`` are (n, n) with NaN/0 where the sweep has no trial; ``row_mean``
+    (n,) averages the row's cells (the paper's last column).
+    """
+
+    ops: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    count: np.ndarray
+    row_mean: np.ndarray
+
+    def cell(self, first: str, second: str | None = None) -> float:
+        i = self.ops.index(first)
+        return float(self.mean[i, self.ops.index(second or first)])
+
+
+def parse_ops(value: Any) -> list[str]:
+    """``["crop", "color"]`` or ``"crop+color"`` -> ``["crop", "color"]``."""
+    if isinstance(value, str):
+        return [op for op in value.split("+") if op and op != "none"]
+    return [str(op) for op in value]
+
+
+def augmentation_matrix(
+    rows: Iterable[Row],
+    metric: str = RANKING_METRIC,
+    key: str = "augment.ops",
+    statuses: Sequence[str] = COMPARABLE,
+) -> AugmentationMatrix:
+    """Results table -> the Figure 5 matrix (pure: no I/O). Trials with 1 or 2 ops count."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for row in comparable(rows, statuses):
+        value, score = row.get(key), row.get(metric)
+        if value is None or score is None or not math.isfinite(score):
+            continue
+        ops = parse_ops(value)
+        if len(ops) == 1:
+            cells.setdefault((ops[0], ops[0]), []).append(score)
+        elif len(ops) == 2:
+            cells.setdefault((ops[0], ops[1]), []).append(score)
+    present = {op for pair in cells for op in pair}
+    order = [op for op in (*FIGURE5_OPS, *AUGMENTATION_OPS) if op in present]
+    order = list(dict.fromkeys(order)) + sorted(present - set(order))
+    n = len(order)
+    mean = np.full((n, n), np.nan)
+    std = np.full((n, n), np.nan)
+    count = np.zeros((n, n), dtype=np.int64)
+    for (first, second), values in cells.items():
+        i, j = order.index(first), order.index(second)
+        summary = stat(values)
+        assert summary is not None
+        mean[i, j], std[i, j], count[i, j] = summary.mean, summary.std, summary.n
+    row_mean = np.full(n, np.nan)
+    for i in range(n):
+        if np.isfinite(mean[i]).any():
+            row_mean[i] = float(np.nanmean(mean[i]))
+    return AugmentationMatrix(order, mean, std, count, row_mean)
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+@dataclass
+class Finding:
+    """One qualitative claim of the paper checked on this sweep."""
+
+    claim: str
+    source: str
+    verdict: str  # "yes" | "no" | "not covered by this sweep"
+    evidence: str
+
+
+NOT_COVERED = "not covered by this sweep"
+
+
+def replicate_std(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+) -> float | None:
+    """Pooled std over replicates of one configuration (sqrt of the mean within-config
+    variance): the run-to-run noise, unlike a marginal std that mixes other varying keys."""
+    variances = [
+        s.std**2 for s in group_stats(rows, list(varying_keys), metric).values() if s.n > 1
+    ]
+    return math.sqrt(float(np.mean(variances))) if variances else None
+
+
+def _noise_note(gaps: Iterable[float], noise: float | None) -> str:
+    if noise is None:
+        return "; no replicates, so no noise estimate"
+    note = f"; replicate std {noise:.4f}"
+    if any(abs(gap) <= noise for gap in gaps):
+        note += " (a gap is within one replicate std: the spread does not separate them)"
+    return note
+
+
+def _held_in_settings(
+    rows: Sequence[Row],
+    varying_keys: Sequence[str],
+    key: str,
+    metric: str,
+    holds: Callable[[list[tuple[Any, Stat]]], bool | None],
+) -> str:
+    """'holds in k of m settings of <other keys>': the claim at matched values of the others."""
+    others = [k for k in varying_keys if k != key]
+    if not others:
+        return ""
+    per_setting = group_stats(rows, [*others, key], metric)
+    checked = held = 0
+    for setting in sorted({k[:-1] for k in per_setting}, key=str):
+        series = [(k[-1], s) for k, s in per_setting.items() if k[:-1] == setting]
+        verdict = holds(series)
+        if verdict is not None:
+            checked += 1
+            held += verdict
+    return f"; holds in {held} of {checked} settings of {', '.join(others)}"
+
+
+def _not_covered(claim: str, source: str, why: str) -> Finding:
+    return Finding(claim, source, NOT_COVERED, why)
+
+
+def check_crop_color(
+    rows: Sequence[Row],
+    varying_keys: Sequence[str] = ("augment.ops",),
+    metric: str = RANKING_METRIC,
+) -> Finding:
+    """Figure 5: crop + color distortion is the best pair of two ops (both orders pooled)."""
+    claim, source = "crop+color is the best pair of augmentations", "Figure 5"
+    if "augment.ops" not in varying_keys:
+        return _not_covered(claim, source, "augment.ops does not vary")
+    pairs: dict[frozenset[str], list[float]] = {}
+    for row in comparable(rows):
+        if row.get("augment.ops") is None or row.get(metric) is None:
+            continue
+        ops = parse_ops(row["augment.ops"])
+        if len(ops) == 2 and ops[0] != ops[1] and math.isfinite(row[metric]):
+            pairs.setdefault(frozenset(ops), []).append(row[metric])
+    target = frozenset(("crop", "color"))
+    if target not in pairs or len(pairs) < 2:
+        return _not_covered(claim, source, "needs crop+color and another pair of ops")
+    stats = {pair: s for pair, values in pairs.items() if (s := stat(values)) is not None}
+    ours = stats[target]
+    other_pair, other = max(
+        ((p, s) for p, s in stats.items() if p != target), key=lambda item: item[1].mean
+    )
+    noise = replicate_std(rows, varying_keys, metric)
+    evidence = (
+        f"{metric}: crop+color {ours}; best other pair {'+'.join(sorted(other_pair))} {other} "
+        f"(of {len(pairs) - 1} other pairs){_noise_note([ours.mean - other.mean], noise)}"
+    )
+    return Finding(claim, source, "yes" if ours.mean > other.mean else "no", evidence)
+
+
+def _ordered(series: list[tuple[Any, Stat]], order: Sequence[Any]) -> bool | None:
+    """Means strictly decrease along ``order`` (values missing from ``series`` skipped)."""
+    by_value = dict(series)
+    means = [by_value[v].mean for v in order if v in by_value]
+    return all(a > b for a, b in pairwise(means)) if len(means) >= 2 else None
+
+
+def check_head_order(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+) -> Finding:
+    """Figure 8: a nonlinear projection head beats a linear one, which beats none."""
+    claim, source = "nonlinear > linear > none (projection head)", "Figure 8"
+    marginal = group_stats(rows, ["model.head"], metric)
+    heads = [h for h in HEAD_ORDER if (h,) in marginal]
+    if "model.head" not in varying_keys or len(heads) < 2:
+        return _not_covered(claim, source, "needs at least two of the head types")
+    means = [marginal[(h,)] for h in heads]
+    holds = all(a.mean > b.mean for a, b in pairwise(means))
+    evidence = f"{metric}: " + "; ".join(f"{h} {s}" for h, s in zip(heads, means, strict=True))
+    evidence += _held_in_settings(
+        rows, varying_keys, "model.head", metric, lambda series: _ordered(series, HEAD_ORDER)
+    )
+    gaps = [a.mean - b.mean for a, b in pairwise(means)]
+    evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
+    return Finding(claim, source, "yes" if holds else "no", evidence)
+
+
+def _larger_wins(series: list[tuple[Any, Stat]]) -> bool | None:
+    if len(series) < 2:
+        return None
+    ordered = sorted(series, key=lambda item: item[0])
+    return ordered[-1][1].mean > ordered[0][1].mean
+
+
+def check_batch_size(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+) -> Finding:
+    """Figure 9: at an equal number of epochs, a larger batch gives a better encoder.
+
+    Yes when, at every epoch budget, the largest batch beats the smallest one; the evidence
+    also says whether the means rise monotonically with the batch size.
+    """
+    claim, source = "larger batches are better at equal epochs", "Figure 9"
+    if "train.batch_size" not in varying_keys:
+        return _not_covered(claim, source, "train.batch_size does not vary")
+    epochs_key = "train.epochs" if "train.epochs" in varying_keys else "epochs_planned"
+    stats = group_stats(rows, [epochs_key, "train.batch_size"], metric)
+    parts, verdicts, gaps = [], [], []
+    for epochs in _sorted_values(key[0] for key in stats):
+        sizes = _sorted_values(key[1] for key in stats if key[0] == epochs)
+        if len(sizes) < 2:
+            continue
+        series = [stats[(epochs, size)] for size in sizes]
+        verdicts.append(series[-1].mean > series[0].mean)
+        gaps.append(series[-1].mean - series[0].mean)
+        monotone = all(a.mean < b.mean for a, b in pairwise(series))
+        cells = ", ".join(f"bs={size}: {s}" for size, s in zip(sizes, series, strict=True))
+        parts.append(f"{epochs} epochs: {cells} [{'' if monotone else 'not '}monotone]")
+    if not verdicts:
+        return _not_covered(claim, source, "no epoch budget has two batch sizes")
+    evidence = f"{metric}: " + "; ".join(parts)
+    others = [k for k in varying_keys if k not in ("train.batch_size", "train.epochs")]
+    if others:  # the claim at matched values of the other keys, per epoch budget
+        keys = [*others, epochs_key, "train.batch_size"]
+        evidence += _held_in_settings(rows, keys, "train.batch_size", metric, _larger_wins)
+    evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
+    return Finding(claim, source, "yes" if all(verdicts) else "no", evidence)
+
+
+def check_findings(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+) -> list[Finding]:
+    """The paper's qualitative findings, each yes / no / not covered, on a results table."""
+    return [
+        check_crop_color(rows, varying_keys, metric),
+        check_head_order(rows, varying_keys, metric),
+        check_batch_size(rows, varying_keys, metric),
+    ]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg``; Figure.savefig needs no pyplot global state."""
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    return paths
+
+
+def plot_augmentation_matrix(matrix: AugmentationMatrix, stem: Path, metric: str) -> list[Path]:
+    """Figure 5 heatmap, annotated, the row means as a separate last column."""
+    n = len(matrix.ops)
+    data = np.concatenate([matrix.mean, matrix.row_mean[:, None]], axis=1)
+    fig = Figure(figsize=(1.1 * (n + 1) + 2.0, 0.9 * n + 1.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="Greens", aspect="auto")
+    fig.colorbar(image, ax=ax, label=metric)
+    finite = data[np.isfinite(data)]
+    mid = float(finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i, j in product(range(n), range(n + 1)):
+        if not np.isfinite(data[i, j]):
+            continue
+        text = f"{data[i, j]:.3f}"
+        if j < n and matrix.count[i, j] > 1:
+            text += f"\n±{matrix.std[i, j]:.3f}"
+        color = "white" if data[i, j] > mid else "black"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+    ax.axvline(n - 0.5, color="black", linewidth=2)
+    ax.set_xticks(range(n + 1), [*matrix.ops, "Average"], rotation=30, ha="right")
+    ax.set_yticks(range(n), matrix.ops)
+    ax.set_xlabel("2nd transformation")
+    ax.set_ylabel("1st transformation")
+    ax.set_title("Augmentation pairs (diagonal: single op)")
+    return _save(fig, stem)
+
+
+def _grouped_bars(
+    ax: Any,
+    groups: Sequence[Any],
+    series: Sequence[Any],
+    stats: Callable[[Any, Any], Stat | None],
+    series_label: Callable[[Any], str],
+) -> None:
+    """Bars per ``series`` within each x group, with std error bars."""
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for k, item in enumerate(series):
+        values = [stats(group, item) for group in groups]
+        heights = [s.mean if s else np.nan for s in values]
+        errors = [s.std if s else 0.0 for s in values]
+        offset = (k - (len(series) - 1) / 2) * width
+        ax.bar(x + offset, heights, width, yerr=errors, capsize=3, label=series_label(item))
+    ax.set_xticks(x, [str(g) for g in groups])
+    ax.legend(fontsize=8)
+
+
+def _bar_ylim(ax: Any, rows: Sequence[Row], metric: str) -> None:
+    values = [r[metric] for r in comparable(rows) if r.get(metric) is not None]
+    values = [v for v in values if math.isfinite(v)]
+    if values:
+        low, high = min(values), max(values)
+        pad = max((high - low) * 0.5, 0.01)
+        ax.set_ylim(max(0.0, low - pad), high + pad)
+
+
+def plot_head_bars(
+    rows: Sequence[Row], varying_keys: Sequence[str], stem: Path, metric: str
+) -> list[Path]:
+    """Figure 8: head type grouped by projection output dimension."""
+    dim_key = "model.out_dim" if "model.out_dim" in varying_keys else None
+    stats = group_stats(rows, ["model.head", dim_key or "model.head"], metric)
+    heads = [h for h in ("linear", "nonlinear", "none") if any(k[0] == h for k in stats)]
+    heads += sorted({k[0] for k in stats} - set(heads), key=str)
+    dims = _sorted_values(k[1] for k in stats) if dim_key else ["all"]
+    fig = Figure(figsize=(max(5.0, 1.2 * len(dims) + 3), 4))
+    ax = fig.add_subplot()
+    _grouped_bars(
+        ax,
+        dims,
+        heads,
+        lambda dim, head: stats.get((head, dim if dim_key else head)),
+        lambda head: str(head),
+    )
+    ax.set_xlabel("projection output dimensionality" if dim_key else "")
+    ax.set_ylabel(metric)
+    ax.set_title("Projection head")
+    _bar_ylim(ax, rows, metric)
+    return _save(fig, stem)
+
+
+def plot_batch_epochs(
+    rows: Sequence[Row], varying_keys: Sequence[str], stem: Path, metric: str
+) -> list[Path]:
+    """Figure 9: batch sizes grouped by training epochs."""
+    epochs_key = "train.epochs" if "train.epochs" in varying_keys else "epochs_planned"
+    stats = group_stats(rows, [epochs_key, "train.batch_size"], metric)
+    budgets = _sorted_values(k[0] for k in stats)
+    sizes = _sorted_values(k[1] for k in stats)
+    fig = Figure(figsize=(max(5.0, 1.3 * len(budgets) + 3), 4))
+    ax = fig.add_subplot()
+    _grouped_bars(ax, budgets, sizes, lambda e, b: stats.get((e, b)), lambda b: f"bs={b}")
+    ax.set_xlabel("training epochs")
+    ax.set_ylabel(metric)
+    ax.set_title("Batch size x training epochs")
+    _bar_ylim(ax, rows, metric)
+    return _save(fig, stem)
+
+
+def _line(ax: Any, rows: Sequence[Row], key: str, metric: str, label: str | None = None) -> None:
+    stats = group_stats(rows, [key], metric)
+    xs = _sorted_values(k[0] for k in stats)
+    ys = [stats[(x,)] for x in xs]
+    ax.errorbar(
+        xs, [s.mean for s in ys], yerr=[s.std for s in ys], marker="o", capsize=3, label=label
+    )
+    positive = [x for x in xs if x > 0]
+    if len(positive) == len(xs) and xs and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+
+
+def plot_temperature(rows: Sequence[Row], stem: Path, metric: str) -> list[Path]:
+    """The temperature of NT-Xent against the ranking metric (and the contrastive accuracy)."""
+    has_contrastive = any(r.get("train/contrastive_top1") is not None for r in comparable(rows))
+    fig = Figure(figsize=(9 if has_contrastive else 5, 4))
+    axes = fig.subplots(1, 2 if has_contrastive else 1, squeeze=False)[0]
+    _line(axes[0], rows, "loss.temperature", metric)
+    axes[0].set_ylabel(metric)
+    axes[0].set_title("Temperature")
+    if has_contrastive:
+        _line(axes[1], rows, "loss.temperature", "train/contrastive_top1")
+        axes[1].set_ylabel("train/contrastive_top1")
+        axes[1].set_title("Contrastive accuracy")
+    return _save(fig, stem)
+
+
+def _numeric(values: Iterable[Any]) -> bool:
+    values = list(values)
+    return bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )
+
+
+def plot_generic(rows: Sequence[Row], keys: Sequence[str], stem: Path, metric: str) -> list[Path]:
+    """Any one varying key (line if numeric, else bars) or two (heatmap when both have 3+
+    values, else grouped bars), mean ± std over everything else."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    if len(keys) == 1:
+        (key,) = keys
+        stats = group_stats(rows, [key], metric)
+        xs = _sorted_values(k[0] for k in stats)
+        if _numeric(xs):
+            _line(ax, rows, key, metric)
+        else:
+            ax.bar(
+                range(len(xs)),
+                [stats[(x,)].mean for x in xs],
+                yerr=[stats[(x,)].std for x in xs],
+                capsize=3,
+            )
+            ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30, ha="right")
+            ax.set_xlabel(key)
+            _bar_ylim(ax, rows, metric)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} by {key}")
+        return _save(fig, stem)
+    first, second = keys
+    stats = group_stats(rows, [first, second], metric)
+    xs = _sorted_values(k[0] for k in stats)
+    ys = _sorted_values(k[1] for k in stats)
+    if len(xs) >= 3 and len(ys) >= 3:
+        grid = np.full((len(xs), len(ys)), np.nan)
+        for (x, y), s in stats.items():
+            grid[xs.index(x), ys.index(y)] = s.mean
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, label=metric)
+        for i, j in product(range(len(xs)), range(len(ys))):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7)
+        ax.set_yticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_xticks(range(len(ys)), [str(y) for y in ys], rotation=30, ha="right")
+        ax.set_ylabel(first)
+        ax.set_xlabel(second)
+    else:
+        groups, series, swap = (xs, ys, False) if len(xs) >= len(ys) else (ys, xs, True)
+        _grouped_bars(
+            ax,
+            groups,
+            series,
+            lambda g, s: stats.get((s, g) if swap else (g, s)),
+            lambda s: f"{second if not swap else first}={s}",
+        )
+        ax.set_xlabel(first if not swap else second)
+        ax.set_ylabel(metric)
+        _bar_ylim(ax, rows, metric)
+    ax.set_title(f"{metric} by {first} x {second}")
+    return _save(fig, stem)
+
+
+_CURVE_STYLE = {
+    "completed": {"color": "tab:blue", "linestyle": "-", "marker": None},
+    "stopped": {"color": "tab:orange", "linestyle": "--", "marker": "x"},
+    "diverged": {"color": "tab:red", "linestyle": ":", "marker": "v"},
+    "failed": {"color": "tab:gray", "linestyle": ":", "marker": "s"},
+    "interrupted": {"color": "tab:purple", "linestyle": "-.", "marker": "|"},
+    "running": {"color": "tab:green", "linestyle": "-", "marker": ">"},
+}
+
+
+def plot_learning_curves(
+    rows: Sequence[Row], histories: dict[str, list[tuple[int, float]]], stem: Path, metric: str
+) -> list[Path]:
+    """The early-stopping picture: metric vs epoch for every trial; stopped trials dashed and
+    marked where they stopped, diverged/failed ones marked at their last epoch."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    seen: set[str] = set()
+    for row in rows:
+        points = histories.get(row["run_id"]) or []
+        if not points:
+            continue
+        style = _CURVE_STYLE.get(row["status"], _CURVE_STYLE["running"])
+        epochs, values = zip(*points, strict=True)
+        ax.plot(epochs, values, color=style["color"], linestyle=style["linestyle"], alpha=0.8)
+        if style["marker"]:
+            ax.plot(epochs[-1], values[-1], marker=style["marker"], color=style["color"], ms=8)
+        seen.add(row["status"])
+    handles = [
+        Line2D([], [], color=s["color"], linestyle=s["linestyle"], marker=s["marker"], label=name)
+        for name, s in _CURVE_STYLE.items()
+        if name in seen
+    ]
+    if handles:
+        ax.legend(handles=handles, fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title("Every trial by epoch (stopped early: dashed, x)")
+    return _save(fig, stem)
+
+
+def choose_figures(
+    varying_keys: Sequence[str], rows: Sequence[Row], metric: str = RANKING_METRIC
+) -> list[tuple[str, tuple[str, ...]]]:
+    """``[(figure name, keys)]`` to draw for the keys this sweep varies: the paper's figures
+    for the keys they cover, a generic plot for the rest, and the learning curves."""
+    chosen: list[tuple[str, tuple[str, ...]]] = []
+    covered: set[str] = set()
+    keys = list(varying_keys)
+    if "augment.ops" in keys and augmentation_matrix(rows, metric).ops:
+        chosen.append(("augmentation_matrix", ("augment.ops",)))
+        covered.add("augment.ops")
+    if "model.head" in keys:
+        chosen.append(("projection_head", ("model.head", "model.out_dim")))
+        covered.update(("model.head", "model.out_dim"))
+    if "train.batch_size" in keys:
+        chosen.append(("batch_size_epochs", ("train.batch_size", "train.epochs")))
+        covered.update(("train.batch_size", "train.epochs"))
+    if "loss.temperature" in keys:
+        chosen.append(("temperature", ("loss.temperature",)))
+        covered.add("loss.temperature")
+    rest = [k for k in keys if k not in covered]
+    if len(keys) in (1, 2) and rest:
+        chosen.append(("by_" + "_x_".join(keys), tuple(keys)))
+    else:
+        chosen.extend(("by_" + key, (key,)) for key in rest)
+    chosen.append(("learning_curves", ()))
+    return chosen
+
+
+def _file_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def draw_figures(results: SweepResults, fig_dir: Path, metric: str) -> list[Path]:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    rows, keys = results.rows, results.varying_keys
+    paths: list[Path] = []
+    has_data = bool(group_stats(rows, [], metric))  # a completed trial carries the metric
+    for name, fig_keys in choose_figures(keys, rows, metric):
+        stem = fig_dir / _file_stem(name)
+        if name == "learning_curves":
+            if any(results.histories.values()):
+                paths += plot_learning_curves(rows, results.histories, stem, metric)
+        elif not has_data:
+            continue
+        elif name == "augmentation_matrix":
+            paths += plot_augmentation_matrix(augmentation_matrix(rows, metric), stem, metric)
+        elif name == "projection_head":
+            paths += plot_head_bars(rows, keys, stem, metric)
+        elif name == "batch_size_epochs":
+            paths += plot_batch_epochs(rows, keys, stem, metric)
+        elif name == "temperature":
+            paths += plot_temperature(rows, stem, metric)
+        else:
+            paths += plot_generic(rows, list(fig_keys), stem, metric)
+    return paths
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _fmt(s: Stat | None) -> str:
+    return f"{s.mean:.4f} ± {s.std:.4f}" if s else "—"
+
+
+def best_configurations(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str, top: int = 10
+) -> list[tuple[tuple[Any, ...], dict[str, Stat | None]]]:
+    """Configurations (varying values) ranked by mean ``metric`` over replicates."""
+    ranked = group_stats(rows, varying_keys, metric)
+    order = sorted(ranked, key=lambda key: ranked[key].mean, reverse=True)[:top]
+    out = []
+    for key in order:
+        members = [r for r in comparable(rows) if tuple(r.get(k) for k in varying_keys) == key]
+        out.append(
+            (
+                key,
+                {
+                    m: stat(r.get(m) for r in members)
+                    for m in dict.fromkeys((metric, *FINAL_METRICS[:7]))
+                },
+            )
+        )
+    return out
+
+
+def summary_markdown(
+    results: SweepResults, findings: Sequence[Finding], figures: Sequence[Path], metric: str
+) -> str:
+    rows, keys = results.rows, results.varying_keys
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    lines = [
+        f"# Ablation report: {results.experiment}",
+        "",
+        f"Parent run `{results.parent_run_id}`; {len(rows)} trials: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        "",
+        f"Varying: {', '.join(f'`{k}`' for k in keys) or 'nothing'}. Ranking metric: `{metric}` "
+        "(last epoch, validation split). Means are over completed trials: mean ± sample std "
+        "over replicates (n trials).",
+        "",
+        "## Best configurations",
+        "",
+    ]
+    best = best_configurations(rows, keys, metric)
+    if best:
+        shown = ("val/probe_top1", "val/probe_top5", "test/probe_top1", "test/probe_top5")
+        header = ["rank", *(f"`{k}`" for k in keys), "n", f"`{metric}`", *(f"`{m}`" for m in shown)]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for rank, (key, stats) in enumerate(best, 1):
+            n = stats[metric].n if stats[metric] else 0
+            cells = [str(rank), *(str(v) for v in key), str(n), _fmt(stats[metric])]
+            cells += [_fmt(stats.get(m)) for m in shown]
+            lines.append("| " + " | ".join(cells) + " |")
+    else:
+        lines.append(f"No completed trial reported `{metric}`.")
+    lines += ["", "## The paper's findings on this sweep", ""]
+    lines += ["| finding | paper | verdict | evidence |", "|---|---|---|---|"]
+    for f in findings:
+        lines.append(f"| {f.claim} | {f.source} | **{f.verdict}** | {f.evidence} |")
+    others = [r for r in rows if r["status"] != "completed"]
+    if others:
+        lines += ["", "## Trials that did not complete", "", "| run | status | detail |"]
+        lines.append("|---|---|---|")
+        for r in others:
+            lines.append(f"| {r['run_name']} | {r['status']} | {r['status_detail']} |")
+    totals = {
+        m: sum(r[m] for r in rows if r.get(m) is not None and math.isfinite(r[m]))
+        for m in COMPUTE_METRICS[:4]
+    }
+    lines += [
+        "",
+        "## Compute",
+        "",
+        f"{int(totals['compute/epochs_run'])} epochs in all; "
+        f"{totals['compute/wall_seconds']:.1f} trial wall seconds; "
+        f"{totals['compute/cpu_seconds']:.1f} CPU seconds and "
+        f"{totals['compute/gpu_seconds']:.1f} GPU seconds reserved.",
+    ]
+    pngs = [p for p in figures if p.suffix == ".png"]
+    if pngs:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{p.stem}](figures/{p.name})" for p in pngs]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    results_path: Path
+    history_path: Path
+    summary_path: Path
+    figures: list[Path]
+    findings: list[Finding]
+    results: SweepResults
+
+
+def build_report(
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    out_dir: str | Path | None = None,
+    metric: str = RANKING_METRIC,
+    log_to_mlflow: bool = True,
+) -> Report:
+    """Read one sweep execution back from MLflow and write + log its report.
+
+    ``parent_run_id``: the sweep's parent run (default: the experiment's latest). ``out_dir``:
+    default ``reports/<experiment>/<parent run id>`` under the working directory. The files
+    are logged under ``report/`` of the parent run unless ``log_to_mlflow`` is False.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    results = load_results(client, experiment, parent_run_id, metric)
+    out = Path(out_dir) if out_dir else Path("reports") / experiment / results.parent_run_id
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "experiment": experiment,
+        "parent_run_id": results.parent_run_id,
+        "ranking_metric": metric,
+        "varying_keys": json.dumps(results.varying_keys),
+    }
+    results_path = out / "results.parquet"
+    write_results_table(results.rows, results_path, metadata)
+    history_path = out / "history.parquet"
+    history_rows: list[Row] = [
+        {"run_id": run_id, "epoch": epoch, "metric": metric, "value": value}
+        for run_id, points in results.histories.items()
+        for epoch, value in points
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(
+            history_rows,
+            schema=pa.schema(
+                [
+                    ("run_id", pa.string()),
+                    ("epoch", pa.int64()),
+                    ("metric", pa.string()),
+                    ("value", pa.float64()),
+                ],
+                metadata=metadata,
+            ),
+        ),
+        history_path,
+    )
+    figures = draw_figures(results, out / "figures", metric)
+    findings = check_findings(results.rows, results.varying_keys, metric)
+    summary_path = out / "summary.md"
+    summary_path.write_text(summary_markdown(results, findings, figures, metric), encoding="utf-8")
+    if log_to_mlflow:
+        client.log_artifacts(results.parent_run_id, str(out), artifact_path="report")
+    return Report(out, results_path, history_path, summary_path, figures, findings, results)

@@ -1,0 +1,789 @@
+"""MLflow tracking of a sweep, from the sweep driver.
+
+Layout in MLflow: one experiment per sweep name; one *parent* run per sweep execution (tags
+``ablate.sweep`` + ``ablate.execution``, the spec YAML as ``spec.yaml``); one *child* run per
+Ray Tune trial nested under it (tag ``mlflow.parentRunId``), found again by ``ablate.trial_id``.
+A child logs its fully resolved config as params, per-epoch metrics with ``step = epoch``, its
+outcome as tag ``ablate.status`` and the compute it used as ``compute/*`` metrics.
+
+Everything runs in the driver (``MlflowCallback`` is a ``ray.tune.Callback``), so workers never
+touch the tracking store. Resuming an execution continues its runs: an epoch is logged at most
+once per trial, whatever Tune or Ray Train re-report after a restore or a worker-group restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.result import (
+    AUTO_RESULT_KEYS,
+    DONE,
+    EPISODES_THIS_ITER,
+    EXPERIMENT_TAG,
+    SHOULD_CHECKPOINT,
+    TIMESTEPS_THIS_ITER,
+    TRIAL_ID,
+)
+
+from ablate.config import flatten
+
+logger = logging.getLogger(__name__)
+
+#: Tag keys (one vocabulary for the tracker and the report).
+TAG_SWEEP = "ablate.sweep"
+TAG_EXECUTION = "ablate.execution"
+TAG_ROLE = "ablate.role"  # "sweep" (parent) | "trial" (child)
+TAG_TRIAL_ID = "ablate.trial_id"
+TAG_VARYING = "ablate.varying"  # JSON of {dotted_key: value}
+TAG_REPLICATE = "ablate.replicate"
+TAG_STATUS = "ablate.status"  # running | completed | stopped | diverged | failed | interrupted
+TAG_STATUS_DETAIL = "ablate.status_detail"
+TAG_REASON = "ablate.reason"
+TAG_ERROR = "ablate.error"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+
+#: ``ablate.status`` values and the MLflow run status each ends with.
+TRIAL_STATUSES: dict[str, str] = {
+    "completed": "FINISHED",
+    "stopped": "FINISHED",
+    "diverged": "FINISHED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+}
+
+#: Short names for the dotted keys a run name shows (other keys show their last part).
+RUN_NAME_ALIASES: dict[str, str] = {
+    "model.head": "head",
+    "train.batch_size": "bs",
+    "train.epochs": "ep",
+    "loss.temperature": "t",
+    "optim.base_lr": "lr",
+    "model.out_dim": "dim",
+    "train.seed": "seed",
+}
+
+#: Keys Ray Tune adds to every result: bookkeeping, not metrics of the trial.
+_TUNE_RESULT_KEYS = frozenset(
+    (
+        *AUTO_RESULT_KEYS,
+        DONE,
+        TRIAL_ID,
+        EXPERIMENT_TAG,
+        SHOULD_CHECKPOINT,
+        EPISODES_THIS_ITER,
+        TIMESTEPS_THIS_ITER,
+    )
+)
+_MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
+_MAX_ERROR_TAG = 1000
+_BATCH_PARAMS = 100  # MLflow's limit of params/tags per log_batch
+_BATCH_METRICS = 1000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which URI and what to do."""
+
+
+# ----------------------------------------------------------------------------- URIs
+
+
+def default_tracking_uri(storage_path: str | os.PathLike[str]) -> str:
+    """The local SQLite store beside the sweep's storage: ``sqlite:////abs/storage/mlflow.db``.
+
+    An absolute path, never the working directory (under ``ray job submit`` that is a temporary
+    unpacked copy). ``mlflow ui --backend-store-uri <this>`` opens it without a server.
+    """
+    path = Path(storage_path).expanduser().resolve() / "mlflow.db"
+    return f"sqlite:///{path.as_posix()}"
+
+
+def resolve_tracking_uri(uri: str | None, storage_path: str | os.PathLike[str]) -> str:
+    """The URI to use: ``uri`` (from the spec) else ``$MLFLOW_TRACKING_URI`` else the default."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage_path)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :])
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """For a SQLite store, ``file:///<db dir>/mlartifacts``; other stores choose their own."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when the tracking store cannot be used.
+
+    http(s): ``GET <uri>/health`` must answer 200 within ``timeout`` seconds. sqlite: the
+    database's directory must be creatable and writable. File stores are refused (MLflow 3 puts
+    them in maintenance mode). Raises ``TrackingError`` naming the URI and what to do.
+    """
+    scheme = urlparse(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            response = requests.get(health, timeout=timeout)
+        except requests.RequestException as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}: {exc}). "
+                "Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix "
+                "`tracking_uri` in the sweep YAML or $MLFLOW_TRACKING_URI, or unset both to "
+                "use the local SQLite store beside the sweep's storage."
+            ) from exc
+        if response.status_code != 200:
+            raise TrackingError(
+                f"MLflow tracking server {uri} answered {health} with HTTP "
+                f"{response.status_code}; expected 200. Check that the URI points at an MLflow "
+                "tracking server (not its UI proxy or another service)."
+            )
+        return
+    if scheme == "sqlite":
+        db = _sqlite_path(uri)
+        if db is None or not db.is_absolute():
+            raise TrackingError(
+                f"tracking URI {uri}: use an absolute SQLite path, sqlite:////abs/path/mlflow.db "
+                "(four slashes), so that the store does not depend on the working directory."
+            )
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(
+                f"tracking URI {uri}: cannot create directory {db.parent}: {exc}"
+            ) from exc
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"tracking URI {uri}: {db} is not writable by this user.")
+        return
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking URI {uri!r} is a file store, which MLflow 3 no longer supports. Use "
+            "sqlite:////abs/path/mlflow.db or an http:// tracking server."
+        )
+    # Other backends (postgresql://, mysql://, databricks) are checked by their first request.
+
+
+# ----------------------------------------------------------------------------- naming, params
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_format_value(v) for v in value) if value else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_name(varying: dict[str, Any], replicate: int) -> str:
+    """The child run's name, e.g. ``crop+color | head=nonlinear | bs=256 | seed=1``.
+
+    ``augment.ops`` shows its ops joined with '+', common keys their alias
+    (``RUN_NAME_ALIASES``), other keys their last dotted part; the replicate ends the name.
+    """
+    parts: list[str] = []
+    for key, value in varying.items():
+        if key == "augment.ops":
+            parts.append(_format_value(value))
+        else:
+            parts.append(
+                f"{RUN_NAME_ALIASES.get(key, key.rsplit('.', 1)[-1])}={_format_value(value)}"
+            )
+    parts.append(f"{'rep' if 'train.seed' in varying else 'seed'}={replicate}")
+    return " | ".join(parts)
+
+
+def param_value(value: Any) -> str:
+    """A config value as an MLflow param: lists as JSON, capped at MLflow's 6000 chars."""
+    text = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+    if len(text) > _MAX_PARAM_VALUE:
+        suffix = "...[truncated]"
+        text = text[: _MAX_PARAM_VALUE - len(suffix)] + suffix
+    return text
+
+
+def config_params(config: dict[str, Any]) -> dict[str, str]:
+    """Every leaf of a resolved TrialConfig dict, by dotted key, as param strings."""
+    return {key: param_value(value) for key, value in flatten(config).items()}
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of one reported result, without Ray Tune's bookkeeping keys."""
+    metrics: dict[str, float] = {}
+    for key, value in result.items():
+        if key in _TUNE_RESULT_KEYS or key.startswith("_") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            metrics[key] = float(value)
+    return metrics
+
+
+def result_epoch(result: dict[str, Any]) -> int:
+    """The epoch a result reports (``epoch``; Tune's ``training_iteration`` if absent)."""
+    epoch = result.get("epoch", result.get("training_iteration"))
+    if epoch is None:
+        raise ValueError(f"result has neither 'epoch' nor 'training_iteration': {sorted(result)}")
+    return int(epoch)
+
+
+def trial_outcome(
+    last_result: dict[str, Any] | None, planned_epochs: int, errored: bool = False
+) -> tuple[str, str]:
+    """``(ablate.status, human detail)`` of a trial that Tune reports as ended.
+
+    diverged: its last result says so (even if it then raised); failed: it raised; completed:
+    its last epoch is the planned ``train.epochs``; otherwise Tune stopped it early (the ASHA
+    scheduler or a stopper).
+    """
+    last_result = last_result or {}
+    epoch = last_result.get("epoch")
+    if last_result.get("status") == "diverged":
+        reason = last_result.get("reason") or "non-finite loss"
+        return "diverged", f"diverged at epoch {epoch}: {reason}"
+    if errored:
+        return "failed", f"failed after epoch {epoch or 0} of {planned_epochs}"
+    if epoch is not None and int(epoch) >= planned_epochs:
+        return "completed", f"completed {planned_epochs} epochs"
+    return "stopped", f"stopped by the scheduler (ASHA) at epoch {epoch or 0} of {planned_epochs}"
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> tuple[str, bool] | None:
+    """``(commit, dirty)`` of the git checkout at ``cwd``, or None outside one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def environment_tags(cwd: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Versions of the stack and the git commit of the code that runs the sweep."""
+    tags = {
+        f"ablate.version.{name}": _version(name) for name in ("ablate", "ray", "torch", "mlflow")
+    }
+    tags["ablate.version.python"] = sys.version.split()[0]
+    git = git_commit(cwd)
+    if git is not None:
+        commit, dirty = git
+        tags[TAG_GIT_COMMIT] = commit
+        tags["ablate.git_dirty"] = str(dirty).lower()
+    return tags
+
+
+# ----------------------------------------------------------------------------- tracker
+
+
+@dataclass
+class _TrialRun:
+    run_id: str
+    last_epoch: int = 0
+    last_result: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SweepTracker:
+    """Logs one sweep execution to MLflow: a parent run and one child run per trial.
+
+    ``execution`` names this execution of the sweep and must stay the same when it is resumed
+    (the sweep passes its Tune experiment name); a new one starts a new parent run. Picklable
+    (Tune saves its callbacks with the experiment): the client is rebuilt on first use.
+
+    In the driver: ``with tracker: tuner.fit()`` (with ``MlflowCallback(tracker)`` among the
+    Tune callbacks) closes the parent whatever happens.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        sweep: str,
+        *,
+        execution: str | None = None,
+        spec_text: str | None = None,
+        storage_path: str | os.PathLike[str] | None = None,
+        artifact_location: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.sweep = sweep
+        self.execution = execution or time.strftime("%Y-%m-%d_%H-%M-%S")
+        self.spec_text = spec_text
+        self.storage_path = str(storage_path) if storage_path is not None else None
+        self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
+        self.extra_tags = dict(tags or {})
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.closed = False
+        self._client: MlflowClient | None = None
+        self._trials: dict[str, _TrialRun] = {}
+
+    # pickling: drop the client and the per-process caches; start() restores them from MLflow
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _trials={}, experiment_id=None, parent_run_id=None)
+        state["closed"] = False
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def started(self) -> bool:
+        return self.parent_run_id is not None
+
+    # -- sweep level
+
+    def start(self) -> str:
+        """Check the store, find or create the experiment and the parent run; its id.
+
+        A parent of the same sweep and execution is continued (set back to RUNNING) and its
+        child runs are cached, so that resumed trials continue their own runs.
+        """
+        if self.started and not self.closed:
+            return self.parent_run_id  # type: ignore[return-value]
+        check_reachable(self.tracking_uri)
+        self.experiment_id = self._experiment_id()
+        existing = self._search(
+            f"tags.`{TAG_SWEEP}` = '{self.sweep}' and tags.`{TAG_EXECUTION}` = "
+            f"'{self.execution}' and tags.`{TAG_ROLE}` = 'sweep'"
+        )
+        tags = {
+            TAG_SWEEP: self.sweep,
+            TAG_EXECUTION: self.execution,
+            TAG_ROLE: "sweep",
+            **environment_tags(),
+            **self.extra_tags,
+        }
+        if self.storage_path:
+            tags["ablate.storage_path"] = self.storage_path
+        if existing:
+            self.parent_run_id = existing[0].info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._log(self.parent_run_id, tags=tags)
+            self._load_children()
+            logger.info("MLflow: continuing parent run %s", self.parent_run_id)
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{self.sweep} @ {self.execution}", tags=tags
+            )
+            self.parent_run_id = run.info.run_id
+        if self.spec_text is not None:
+            self.client.log_text(self.parent_run_id, self.spec_text, "spec.yaml")
+        self.closed = False
+        return self.parent_run_id
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the parent run with ``status`` (FINISHED, FAILED or KILLED); idempotent.
+
+        Any child run still running is marked KILLED (``ablate.status=interrupted``): the sweep
+        ended under it. Call from the driver's ``finally`` / signal handler with ``KILLED`` on
+        interruption; a later ``start()`` of the same execution sets the runs back to RUNNING.
+        """
+        if self.closed or not self.started:
+            return
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"close status must be FINISHED, FAILED or KILLED, got {status!r}")
+        counts: dict[str, int] = {}
+        for run in self._children():
+            outcome = run.data.tags.get(TAG_STATUS, "running")
+            if run.info.status == "RUNNING":
+                outcome = "interrupted"
+                self._log(
+                    run.info.run_id,
+                    tags={
+                        TAG_STATUS: outcome,
+                        TAG_STATUS_DETAIL: f"sweep ended ({status}) while the trial was running",
+                    },
+                )
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            counts[outcome] = counts.get(outcome, 0) + 1
+        self._log(
+            self.parent_run_id,  # type: ignore[arg-type]
+            tags={f"ablate.trials.{k}": str(v) for k, v in sorted(counts.items())},
+        )
+        self.client.set_terminated(self.parent_run_id, status)  # type: ignore[arg-type]
+        for state in self._trials.values():
+            state.finished = True
+        self.closed = True
+
+    def __enter__(self) -> SweepTracker:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        """Never leave the parent RUNNING: FINISHED, KILLED on Ctrl+C/exit, FAILED on error
+        (a no-op when the Tune callback has already closed it)."""
+        if exc_type is None:
+            self.close("FINISHED")
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            self.close("KILLED")
+        else:
+            self.close("FAILED")
+
+    # -- trial level
+
+    def start_trial(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        varying: dict[str, Any] | None = None,
+        replicate: int = 0,
+    ) -> str:
+        """The child run of a trial, created with all params on first sight; set RUNNING.
+
+        ``config`` is the resolved TrialConfig dict (nested); every flattened key is a param.
+        """
+        self.start()
+        varying = dict(varying or {})
+        state = self._trials.get(trial_id)
+        if state is None:
+            run = self.client.create_run(
+                self.experiment_id,  # type: ignore[arg-type]
+                run_name=run_name(varying, replicate),
+                tags={
+                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                    TAG_ROLE: "trial",
+                    TAG_SWEEP: self.sweep,
+                    TAG_EXECUTION: self.execution,
+                    TAG_TRIAL_ID: trial_id,
+                    TAG_VARYING: json.dumps(varying, sort_keys=True),
+                    TAG_REPLICATE: str(int(replicate)),
+                    TAG_STATUS: "running",
+                },
+            )
+            state = self._trials[trial_id] = _TrialRun(run.info.run_id)
+            self._log(state.run_id, params=config_params(config))
+            return state.run_id
+        # Resumed or retried: continue the same run.
+        if state.finished or self.client.get_run(state.run_id).info.status != "RUNNING":
+            self.client.update_run(state.run_id, status="RUNNING")
+            self._log(state.run_id, tags={TAG_STATUS: "running", TAG_STATUS_DETAIL: "resumed"})
+        state.finished = False
+        return state.run_id
+
+    def log_epoch(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Log one reported result at ``step = epoch``; False (nothing logged) for an epoch
+        already logged for this trial (Tune restore, Ray Train worker-group restart)."""
+        state = self._trials.get(trial_id)
+        if state is None:
+            raise KeyError(f"trial {trial_id} has no run: call start_trial first")
+        epoch = result_epoch(result)
+        if epoch <= state.last_epoch:
+            return False
+        timestamp = _now_ms()
+        # "epoch" is always logged: a resumed tracker reads the last logged epoch back from it.
+        values = {**epoch_metrics(result), "epoch": float(epoch)}
+        metrics = [Metric(key, value, timestamp, epoch) for key, value in values.items()]
+        for chunk in _chunks(metrics, _BATCH_METRICS):
+            self.client.log_batch(state.run_id, metrics=chunk)
+        state.last_epoch = epoch
+        state.last_result = dict(result)
+        return True
+
+    def finish_trial(
+        self,
+        trial_id: str,
+        status: str,
+        *,
+        detail: str = "",
+        error: str | None = None,
+        last_result: dict[str, Any] | None = None,
+        resources: dict[str, Any] | None = None,
+        retries: int = 0,
+    ) -> None:
+        """End a trial's run: status tags, compute metrics, the error (tag + error.txt).
+
+        ``status`` is an ``ablate.status`` value (``TRIAL_STATUSES``); ``resources`` the
+        resolved ``resources`` section, to turn wall seconds into CPU/GPU seconds reserved.
+        """
+        if status not in TRIAL_STATUSES:
+            raise ValueError(f"status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}")
+        state = self._trials.get(trial_id)
+        if state is None:
+            raise KeyError(f"trial {trial_id} has no run: call start_trial first")
+        # Tune's last_result of a trial that never reported holds only bookkeeping keys.
+        result = last_result if last_result and "epoch" in last_result else state.last_result
+        if result and result_epoch(result) > state.last_epoch:
+            self.log_epoch(trial_id, result)
+        epochs_run = result_epoch(result) if result else state.last_epoch
+        wall = float(result.get("wall_seconds", result.get("time_total_s", 0.0)) or 0.0)
+        compute = {"compute/epochs_run": float(epochs_run), "compute/wall_seconds": wall}
+        compute["compute/retries"] = float(retries)
+        if resources:
+            workers = float(resources.get("num_workers", 1))
+            compute["compute/cpu_seconds"] = (
+                wall * workers * float(resources.get("cpus_per_worker", 1.0))
+            )
+            compute["compute/gpu_seconds"] = (
+                wall * workers * float(resources.get("gpus_per_worker", 0.0))
+            )
+        tags = {TAG_STATUS: status, TAG_STATUS_DETAIL: detail or status}
+        tags["ablate.epochs_run"] = str(epochs_run)
+        if status == "stopped":
+            tags["ablate.stopped_at_epoch"] = str(epochs_run)
+        if result.get("reason"):
+            tags[TAG_REASON] = str(result["reason"])[:_MAX_ERROR_TAG]
+        if error:
+            tags[TAG_ERROR] = error_summary(error)
+            self.client.log_text(state.run_id, error, "error.txt")
+        timestamp = _now_ms()
+        self._log(
+            state.run_id,
+            metrics=[Metric(k, v, timestamp, epochs_run) for k, v in compute.items()],
+            tags=tags,
+        )
+        self.client.set_terminated(state.run_id, TRIAL_STATUSES[status])
+        state.finished = True
+
+    def run_id(self, trial_id: str) -> str | None:
+        state = self._trials.get(trial_id)
+        return state.run_id if state else None
+
+    def last_epoch(self, trial_id: str) -> int:
+        state = self._trials.get(trial_id)
+        return state.last_epoch if state else 0
+
+    # -- internals
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.sweep)
+        if experiment is None:
+            return self.client.create_experiment(
+                self.sweep, artifact_location=self.artifact_location
+            )
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],  # type: ignore[list-item]
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _children(self) -> list[Any]:
+        return self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'")
+
+    def _load_children(self) -> None:
+        for run in self._children():
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id is None:
+                continue
+            last = run.data.metrics.get("epoch")
+            self._trials[trial_id] = _TrialRun(
+                run.info.run_id,
+                last_epoch=int(last) if last is not None and math.isfinite(last) else 0,
+                finished=run.info.status != "RUNNING",
+            )
+
+    def _log(
+        self,
+        run_id: str,
+        *,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        metrics: list[Metric] | None = None,
+    ) -> None:
+        for chunk in _chunks([Param(k, v) for k, v in (params or {}).items()], _BATCH_PARAMS):
+            self.client.log_batch(run_id, params=chunk)
+        for chunk in _chunks([RunTag(k, v) for k, v in (tags or {}).items()], _BATCH_PARAMS):
+            self.client.log_batch(run_id, tags=chunk)
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
+
+
+def error_summary(text: str, limit: int = _MAX_ERROR_TAG) -> str:
+    """The line of a traceback that says what went wrong (its last non-empty line), capped."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return _truncate(lines[-1] if lines else text, limit)
+
+
+# ----------------------------------------------------------------------------- Tune callback
+
+
+def _read_error(trial: Trial) -> str:
+    path = trial.error_file
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read().strip()
+        if text:
+            return text
+    error = trial.get_error()
+    return repr(error) if error is not None else "trial failed without an error message"
+
+
+def _trial_param(trial: Trial) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(resolved config, varying, replicate)`` from the pinned Tune param dict."""
+    param = trial.config
+    if "config" not in param:
+        raise KeyError(
+            f"trial {trial.trial_id}: its Tune config has keys {sorted(param)}; expected the "
+            "sweep's param dict {'config', 'varying', 'replicate', 'sweep'}"
+        )
+    return param["config"], dict(param.get("varying") or {}), int(param.get("replicate", 0))
+
+
+class MlflowCallback(Callback):
+    """Ray Tune callback that feeds a ``SweepTracker`` from the sweep driver.
+
+    With ``strict=False`` (the default) a tracking failure during the sweep is logged as a
+    warning and the trials go on; ``strict=True`` re-raises (tests, debugging).
+    """
+
+    def __init__(self, tracker: SweepTracker, *, strict: bool = False) -> None:
+        self.tracker = tracker
+        self.strict = strict
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception:
+            if self.strict:
+                raise
+            logger.warning("MLflow tracking failed in %s; the sweep continues", what, exc_info=True)
+
+    def setup(self, **info: Any) -> None:
+        self.tracker.start()  # TrackingError here stops the sweep before any training
+
+    def _start(self, trial: Trial) -> None:
+        config, varying, replicate = _trial_param(trial)
+        self.tracker.start_trial(trial.trial_id, config, varying, replicate)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._guard("on_trial_start", self._start, trial)
+
+    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._guard("on_trial_restore", self._start, trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ):
+        def log() -> None:
+            if self.tracker.run_id(trial.trial_id) is None:
+                self._start(trial)
+            self.tracker.log_epoch(trial.trial_id, result)
+
+        self._guard("on_trial_result", log)
+
+    def _finish(self, trial: Trial, errored: bool) -> None:
+        if self.tracker.run_id(trial.trial_id) is None:
+            self._start(trial)
+        config, _, _ = _trial_param(trial)
+        status, detail = trial_outcome(trial.last_result, config["train"]["epochs"], errored)
+        self.tracker.finish_trial(
+            trial.trial_id,
+            status,
+            detail=detail,
+            error=_read_error(trial) if errored else None,
+            last_result=trial.last_result or None,
+            resources=config.get("resources"),
+            retries=int(getattr(trial, "num_failures", 0) or 0) - int(errored),
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._guard("on_trial_complete", self._finish, trial, False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._guard("on_trial_error", self._finish, trial, True)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any):
+        """Close the parent: FINISHED when every trial ended, KILLED when Tune was interrupted
+        (Ctrl+C also lands here, with trials still pending or paused)."""
+
+        def end() -> None:
+            for trial in trials:
+                state = self.tracker.run_id(trial.trial_id)
+                if state is None or trial.status not in (Trial.TERMINATED, Trial.ERROR):
+                    continue
+                run = self.tracker.client.get_run(state)
+                if run.info.status == "RUNNING":  # ended without its hook (e.g. on restore)
+                    self._finish(trial, trial.status == Trial.ERROR)
+            interrupted = any(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+            self.tracker.close("KILLED" if interrupted else "FINISHED")
+
+        self._guard("on_experiment_end", end)
+
+
+__all__ = [
+    "RUN_NAME_ALIASES",
+    "TRIAL_STATUSES",
+    "MlflowCallback",
+    "SweepTracker",
+    "TrackingError",
+    "check_reachable",
+    "config_params",
+    "default_artifact_location",
+    "default_tracking_uri",
+    "epoch_metrics",
+    "resolve_tracking_uri",
+    "run_name",
+    "trial_outcome",
+]

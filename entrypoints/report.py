@@ -1,0 +1,54 @@
+"""Write the report of a sweep from its MLflow runs.
+
+    python -m entrypoints.report --experiment NAME [--run PARENT_RUN_ID]
+        [--tracking-uri URI] [--out DIR] [--metric val/knn_top1] [--no-log]
+
+The tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default store keeps it at
+``sqlite:////<storage_path>/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ablate.report import RANKING_METRIC, build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.report", description=__doc__)
+    parser.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
+    parser.add_argument("--run", default=None, help="parent run id (default: the latest sweep)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    parser.add_argument("--out", default=None, help="output directory")
+    parser.add_argument("--metric", default=RANKING_METRIC, help="ranking metric")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = parser.parse_args(argv)
+    if not args.tracking_uri:
+        parser.error(
+            "no tracking URI: pass --tracking-uri (a sweep's default store is "
+            "sqlite:////<storage_path>/mlflow.db) or set MLFLOW_TRACKING_URI"
+        )
+    try:
+        report = build_report(
+            args.tracking_uri,
+            args.experiment,
+            parent_run_id=args.run,
+            out_dir=args.out,
+            metric=args.metric,
+            log_to_mlflow=not args.no_log,
+        )
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report of parent run {report.results.parent_run_id}: {report.out_dir}")
+    print(f"  {len(report.results.rows)} trials -> {report.results_path}")
+    for finding in report.findings:
+        print(f"  [{finding.verdict}] {finding.claim} ({finding.source})")
+    print(f"  summary: {report.summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
