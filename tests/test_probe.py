@@ -63,7 +63,12 @@ def test_linear_probe_separates_gaussian_clusters(num_classes: int) -> None:
     metrics = linear_probe(
         x_train, y_train, {"val": (x_val, y_val), "test": (x_test, y_test)}, num_classes
     )
-    assert set(metrics) == {"val/probe_top1", "val/probe_top5", "test/probe_top1", "test/probe_top5"}
+    assert set(metrics) == {
+        "val/probe_top1",
+        "val/probe_top5",
+        "test/probe_top1",
+        "test/probe_top5",
+    }
     assert metrics["val/probe_top1"] >= 0.98
     assert metrics["test/probe_top1"] >= 0.98
     assert metrics["test/probe_top5"] >= metrics["test/probe_top1"]
@@ -296,7 +301,7 @@ def test_fine_tune_beats_chance_and_leaves_the_encoder_alone() -> None:
 
     def flip_and_count(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         calls.append(tuple(x.shape))
-        assert 0.0 <= x.min() and x.max() <= 1.0  # augmentation sees [0, 1] pixels
+        assert x.min() >= 0.0 and x.max() <= 1.0  # augmentation sees [0, 1] pixels
         flip = torch.rand(len(x), generator=generator) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
