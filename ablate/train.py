@@ -260,7 +260,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
                 overhead = time.time() - launched_at
             rows = np.sort(order[step * local_batch : (step + 1) * local_batch])
             images = _to_device_batch(trial_data.images, rows, device, channels_last)
-            view1, view2 = pipeline.views(images, generator)
+            view1, view2 = pipeline(images, generator)
             both = torch.cat([view1, view2])
             if channels_last:
                 both = both.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,107 @@
+"""One trial end to end through a real Ray Train TorchTrainer (CPU, gloo, tiny encoder)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import ray
+
+from ablate.config import TrialConfig, resolve
+from ablate.train import run_trial
+
+pytestmark = pytest.mark.slow
+
+PER_EPOCH_KEYS = {
+    "epoch",
+    "train/loss",
+    "train/contrastive_top1",
+    "train/lr",
+    "train/images_per_sec",
+    "train/epoch_seconds",
+    "val/knn_top1",
+    "val/online_top1",
+    "wall_seconds",
+    "overhead_seconds",
+    "restored_epoch",
+    "status",
+    "reason",
+}
+FINAL_KEYS = {"val/probe_top1", "val/probe_top5", "test/probe_top1", "test/probe_top5"}
+
+
+def tiny_config(**sections: dict) -> dict:
+    config = {
+        "data": {
+            "name": "synthetic",
+            "num_train": 640,
+            "num_test": 256,
+            "synthetic_size": 16,
+            "num_classes": 4,
+        },
+        "model": {"arch": "resnet18", "width": 8, "out_dim": 32},
+        "augment": {"ops": ["crop", "flip", "color"]},
+        "optim": {"name": "sgd", "base_lr": 0.05, "warmup_epochs": 0},
+        "train": {"epochs": 3, "batch_size": 64, "checkpoint_every": 1},
+        "eval": {"knn_k": 20, "probe": {"max_iter": 50}},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return resolve(config)
+
+
+def above_chance(accuracy: float, num_classes: int, n: int) -> bool:
+    """More than four binomial standard errors above chance."""
+    chance = 1.0 / num_classes
+    return accuracy > chance + 4.0 * math.sqrt(chance * (1 - chance) / n)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_one_worker_reports_every_metric_and_learns(local_ray, tmp_path):
+    config = tiny_config()
+    history = run_trial(config, storage_path=str(tmp_path), name="one")
+
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    for row in history:
+        assert row.keys() >= PER_EPOCH_KEYS, PER_EPOCH_KEYS - row.keys()
+        assert math.isfinite(row["train/loss"]) and row["train/images_per_sec"] > 0
+    final = history[-1]
+    assert final["status"] == "completed"
+    assert final.keys() >= FINAL_KEYS
+    assert 0.0 <= final["val/knn_top1"] <= 1.0
+    # The 512 test images give the tight binomial bound (the 64 validation images do not).
+    n_test = TrialConfig.model_validate(config).data.num_test
+    assert above_chance(final["test/knn_top1"], 4, n_test)
+    assert above_chance(final["test/probe_top1"], 4, n_test)
+    # The loss is the NT-Xent of 2N views: bounded by log(2N - 1) at chance.
+    assert history[0]["train/loss"] < math.log(2 * 64 - 1) + 0.5
+
+
+def test_two_workers_resume_after_a_worker_raises(local_ray, tmp_path):
+    config = tiny_config(
+        train={"epochs": 3, "batch_size": 64, "faults": {"raise_once_at_epoch": 2}},
+        resources={"num_workers": 2},
+    )
+    history = run_trial(config, storage_path=str(tmp_path), name="two")
+
+    # Epochs 1-2 come back from the checkpoint the restarted group resumed from, epoch 3 ran after.
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["restored_epoch"] for row in history] == [0, 0, 2]
+    assert history[-1]["status"] == "completed"
+    assert history[-1].keys() >= FINAL_KEYS
+
+
+def test_nan_loss_ends_the_trial_as_diverged(local_ray, tmp_path):
+    config = tiny_config(train={"epochs": 4, "batch_size": 64, "faults": {"nan_loss_at_epoch": 2}})
+    history = run_trial(config, storage_path=str(tmp_path), name="nan")
+
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[-1]["status"] == "diverged"
+    assert "non-finite loss" in history[-1]["reason"]
+    assert "epoch 2" in history[-1]["reason"]
