@@ -1,0 +1,442 @@
+"""The sweep engine: concurrency, ranking, Optuna pruning, and end to end through Ray.
+
+The end-to-end tests share one local Ray cluster (2 CPUs) and run the quickstart spec with a
+reduced budget through Tune + Train + ASHA, then kill a sweep driver and resume it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ablate.spec import SpecError, parse_sweep
+from ablate.sweep import (
+    OptunaTrials,
+    PlannedTrials,
+    check_cluster,
+    check_experiment_dir,
+    max_concurrent_trials,
+    summarize,
+    trial_status,
+    worker_slots,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+
+#: The quickstart cut down for CI: 256 tiny images, 3 epochs of at most 3 steps.
+SMALL = [
+    "data.num_train=256",
+    "data.num_test=64",
+    "data.synthetic_size=16",
+    "train.batch_size=32",
+    "train.steps_per_epoch=3",
+    "train.epochs=3",
+    "eval.knn_k=10",
+    "eval.probe.max_iter=10",
+    "tracking.enabled=false",
+]
+
+
+def sweep_of(text: str, *overrides: str, storage: Path | None = None):
+    extra = [f"storage.path={storage}"] if storage else []
+    return parse_sweep(text, source="t.yaml", overrides=[*overrides, *extra])
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_worker_slots_pack_per_node():
+    nodes = [{"CPU": 3.0}, {"CPU": 3.0, "GPU": 1.0}]
+    assert worker_slots(nodes, cpus=2, gpus=0) == 2  # one per node, not floor(6 / 2)
+    assert worker_slots(nodes, cpus=1, gpus=0.5) == 2  # two halves of the one GPU
+    assert worker_slots(nodes, cpus=1, gpus=1) == 1
+
+
+def test_concurrency_is_capped_by_cluster_and_spec():
+    sweep = sweep_of(
+        "name: t\nresources: {num_workers: 2, cpus_per_worker: 1}\n"
+        "space: {model.head: {grid: [none, linear, nonlinear]}}\n"
+        "algorithm: {max_concurrent_trials: 5}"
+    )
+    limit = check_cluster(sweep, [{"CPU": 4.0}, {"CPU": 3.0}])
+    assert limit == 3  # 7 worker slots hold 3 groups of 2
+    assert max_concurrent_trials(sweep, limit) == 3
+    assert max_concurrent_trials(sweep, 100) == 3  # never more than the trials
+    capped = sweep_of(
+        "name: t\nspace: {model.head: {grid: [none, linear, nonlinear]}}\n"
+        "algorithm: {max_concurrent_trials: 2}"
+    )
+    assert max_concurrent_trials(capped, check_cluster(capped, [{"CPU": 8.0}])) == 2
+
+
+@pytest.mark.parametrize(
+    ("resources", "nodes", "key"),
+    [
+        ("{gpus_per_worker: 1}", [{"CPU": 8.0}], "resources.gpus_per_worker"),
+        ("{cpus_per_worker: 4}", [{"CPU": 2.0}, {"CPU": 2.0}], "resources.cpus_per_worker"),
+        (
+            "{num_workers: 3, cpus_per_worker: 2}",
+            [{"CPU": 2.0}, {"CPU": 3.0}],
+            "resources.num_workers",
+        ),
+    ],
+)
+def test_unsatisfiable_resources_are_spec_errors(resources, nodes, key):
+    sweep = sweep_of(f"name: t\ntrain: {{batch_size: 48}}\nresources: {resources}")
+    with pytest.raises(SpecError) as caught:
+        check_cluster(sweep, nodes)
+    assert caught.value.key == key
+    assert "node 0" in caught.value.message
+
+
+def test_swept_resources_report_the_space_key():
+    sweep = sweep_of("name: t\nspace: {resources.gpus_per_worker: {grid: [0, 0.5]}}")
+    with pytest.raises(SpecError) as caught:
+        check_cluster(sweep, [{"CPU": 2.0}])
+    assert caught.value.key == "space.resources.gpus_per_worker"
+
+
+# ----------------------------------------------------------------------------- outcomes
+
+
+def test_trial_status():
+    assert trial_status({"epoch": 3, "status": "completed"}, 3) == "completed"
+    assert trial_status({"epoch": 1, "status": "running"}, 3) == "stopped"
+    assert trial_status({"epoch": 2, "status": "diverged"}, 3) == "diverged"
+    assert trial_status({"epoch": 2, "status": "running"}, 3, errored=True) == "failed"
+    assert trial_status(None, 3, errored=True) == "failed"
+    assert trial_status({}, 3) == "interrupted"  # never reported an epoch
+
+
+def record(head: str, seed: int, status: str, knn: float, probe: float | None = None):
+    metrics = {"val/knn_top1": knn}
+    if probe is not None:
+        metrics["test/probe_top1"] = probe
+    return {
+        "trial_id": f"{head}{seed}",
+        "varying": {"model.head": head},
+        "replicate": seed,
+        "status": status,
+        "epoch": 3 if status == "completed" else 1,
+        "overhead_seconds": 1.0,
+        "metrics": metrics,
+    }
+
+
+def test_summary_groups_replicates_and_ranks_completed_first():
+    sweep = sweep_of("name: t\nspace: {model.head: {grid: [none, linear, nonlinear]}}")
+    records = [
+        record("linear", 0, "completed", 0.60, 0.5),
+        record("linear", 1, "completed", 0.70, 0.7),
+        record("nonlinear", 0, "completed", 0.80, 0.8),
+        record("nonlinear", 1, "completed", 0.90, 0.9),
+        record("none", 0, "stopped", 0.95),  # high early score, but stopped: ranks last
+        record("none", 1, "completed", 0.99),
+    ]
+    rows = summarize(sweep, records)
+    assert [r["varying"]["model.head"] for r in rows] == ["nonlinear", "linear", "none"]
+    best = rows[0]
+    assert best["rank"] == 1 and best["trials"] == 2 and best["completed"] == 2
+    assert best["metrics"]["val/knn_top1"]["mean"] == pytest.approx(0.85)
+    assert best["metrics"]["val/knn_top1"]["std"] == pytest.approx(0.0707, abs=1e-4)
+    assert best["metrics"]["test/probe_top1"]["mean"] == pytest.approx(0.85)
+    assert rows[2]["stopped"] == 1
+    minimise = sweep_of(
+        "name: t\nscheduler: {mode: min}\nspace: {model.head: {grid: [linear, nonlinear]}}"
+    )
+    assert summarize(minimise, records[:4])[0]["varying"]["model.head"] == "linear"
+
+
+# ----------------------------------------------------------------------------- searchers
+
+
+def test_planned_trials_hands_out_the_plan_then_finishes(tmp_path):
+    sweep = sweep_of("name: t\nspace: {model.head: {grid: [none, linear]}}\nreplicates: 2")
+    searcher = PlannedTrials(sweep.trials, sweep.metric, sweep.mode)
+    assert searcher.suggest("a") == sweep.trials[0]
+    searcher.save(str(tmp_path / "state"))
+    restored = PlannedTrials(sweep.trials, sweep.metric, sweep.mode)
+    restored.restore(str(tmp_path / "state"))
+    assert [restored.suggest(x) for x in "bcd"] == sweep.trials[1:]
+    assert restored.suggest("e") == "FINISHED"
+
+
+def test_optuna_learns_early_stopped_trials_as_pruned():
+    sweep = sweep_of(
+        "name: t\ntrain: {epochs: 4}\nscheduler: {name: asha}\n"
+        "space: {optim.base_lr: {loguniform: [0.01, 1.0]}, "
+        "augment.ops: {choice: [[crop], [crop, color]]}}\n"
+        "algorithm: {name: optuna, num_samples: 3, seed: 1}"
+    )
+    searcher = OptunaTrials(sweep)
+    params = [searcher.suggest(t) for t in ("done", "early", "broken", "nan")]
+    for param in params:
+        assert set(param) == {"config", "varying", "replicate", "sweep"}
+        assert 0.01 <= param["config"]["optim"]["base_lr"] <= 1.0
+        assert param["config"]["augment"]["ops"] in (["crop"], ["crop", "color"])
+    for epoch in (1, 2, 3, 4):
+        searcher.on_trial_result("done", {"epoch": epoch, "val/knn_top1": 0.5 + epoch / 10})
+    searcher.on_trial_result("done", {"epoch": 2, "val/knn_top1": 0.0})  # re-report: ignored
+    searcher.on_trial_result("early", {"epoch": 1, "val/knn_top1": 0.3})
+    searcher.on_trial_complete("done", {"epoch": 4, "val/knn_top1": 0.9, "status": "completed"})
+    # ASHA stops "early" on its epoch-2 result, which Tune passes to on_trial_complete only.
+    searcher.on_trial_complete("early", {"epoch": 2, "val/knn_top1": 0.2, "status": "running"})
+    searcher.on_trial_complete("broken", {"epoch": 2, "val/knn_top1": 0.4}, error=True)
+    searcher.on_trial_complete("nan", {"epoch": 2, "val/knn_top1": 0.4, "status": "diverged"})
+    done, early, broken, diverged = searcher.study().trials
+    assert (done.state.name, done.value) == ("COMPLETE", 0.9)
+    assert done.intermediate_values == {1: 0.6, 2: 0.7, 3: 0.8, 4: 0.9}  # step = epoch
+    assert early.state.name == "PRUNED"  # not COMPLETE with its early score
+    assert early.intermediate_values == {1: 0.3, 2: 0.2}
+    assert broken.state.name == "FAIL"
+    assert diverged.state.name == "PRUNED"
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def test_existing_sweep_directory_needs_resume(tmp_path):
+    text = "name: t\nspace: {model.head: {grid: [none, linear]}}"
+    sweep = sweep_of(text, storage=tmp_path)
+    assert check_experiment_dir(sweep, resume=False) is False
+    Path(sweep.experiment_dir).mkdir(parents=True)
+    with pytest.raises(SpecError) as caught:
+        check_experiment_dir(sweep, resume=False)
+    assert "--resume" in caught.value.message and caught.value.key == "name"
+    assert check_experiment_dir(sweep, resume=True) is True
+
+
+def test_entrypoint_refuses_an_existing_sweep_before_starting_ray(tmp_path):
+    (tmp_path / "quickstart").mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "entrypoints.sweep",
+            str(QUICKSTART),
+            "--storage-path",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "already exists" in done.stderr and "--resume" in done.stderr
+    assert "Started a local Ray instance" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for the module: in-process sweeps use it, subprocess drivers join it."""
+    import ray
+
+    from ablate.sweep import start_local_ray
+
+    start_local_ray(num_cpus=2, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+#: Actors a trial creates: Tune's trial actor, its report queue, the Train controller, the
+#: workers and Train's placement-group cleaner.
+TRIAL_ACTORS = (
+    "ImplicitFunc",
+    "_QueueActor",
+    "TrainController",
+    "RayTrainWorker",
+    "PlacementGroupCleaner",
+)
+
+
+def _leftovers() -> tuple[list[str], list[str], list[int]]:
+    """Alive trial actors, placement groups not removed, and trial processes still running."""
+    import ray
+    from ray._private import state  # the GCS actor table; ray.util.state needs a dashboard
+
+    actors = [a for a in state.actors().values() if a["ActorClassName"] in TRIAL_ACTORS]
+    alive = [a["ActorClassName"] for a in actors if a["State"] != "DEAD"]
+    groups = [
+        pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"
+    ]
+    running = [a["Pid"] for a in actors if a["Pid"] and _process_exists(a["Pid"])]
+    return alive, groups, running
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def _wait_for_no_leaks(timeout: float = 30.0) -> tuple[list[str], list[str], list[int]]:
+    deadline = time.time() + timeout
+    while True:
+        leftovers = _leftovers()
+        if not any(leftovers) or time.time() > deadline:
+            return leftovers
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path):
+    from ablate.sweep import run_sweep
+
+    # Two trials in a fixed order: 2 classes (an easy kNN) then 8 classes (a hard one). With one
+    # trial at a time, ASHA's first rung (epoch 1) holds the easy trial's score, and the hard
+    # trial scores below it, so it is stopped at epoch 1 of 3.
+    overrides = [
+        *SMALL,
+        f"storage.path={tmp_path}",
+        "space.augment.ops={grid: [[crop, color]]}",
+        "space.model.head={grid: [nonlinear]}",
+        "space.data.num_classes={grid: [2, 8]}",
+        "algorithm.max_concurrent_trials=1",
+    ]
+    rows = run_sweep(QUICKSTART, overrides=overrides)
+
+    summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
+    statuses = {t["varying"]["data.num_classes"]: t["status"] for t in summary["trials"]}
+    assert statuses == {2: "completed", 8: "stopped"}, summary["trials"]
+    easy = next(t for t in summary["trials"] if t["varying"]["data.num_classes"] == 2)
+    hard = next(t for t in summary["trials"] if t["varying"]["data.num_classes"] == 8)
+    assert easy["epoch"] == 3 and hard["epoch"] == 1
+    assert "test/probe_top1" in easy["metrics"]  # the final epoch's probe reached Tune
+    assert easy["overhead_seconds"] > 0
+    assert summary["overhead_seconds"]["n"] == 2
+    # Ranked rows: the completed configuration first; also returned by run_sweep.
+    assert rows == summary["rows"]
+    assert rows[0]["varying"]["data.num_classes"] == 2 and rows[0]["completed"] == 1
+    # On disk: Tune's per-trial results, and each trial's Train run with checkpoints.
+    train_runs = tmp_path / "quickstart" / "train"
+    assert (train_runs / easy["trial_id"]).is_dir()
+    assert list((train_runs / easy["trial_id"]).glob("checkpoint_*")) or list(
+        (train_runs / easy["trial_id"]).glob("epoch_*")
+    )
+    result_lines = (tmp_path / "quickstart" / easy["trial_id"] / "result.json").read_text()
+    assert [json.loads(line)["epoch"] for line in result_lines.splitlines()] == [1, 2, 3]
+    # Stopping a trial tears its worker group down: no actors or placement groups left.
+    assert _wait_for_no_leaks() == ([], [], [])
+
+
+@pytest.mark.slow
+def test_resources_no_node_can_hold_exit_2_before_any_trial(ray_cluster, tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "entrypoints.sweep",
+            str(QUICKSTART),
+            "--address",
+            ray_cluster,
+            "--storage-path",
+            str(tmp_path),
+            "--set",
+            "resources.gpus_per_worker=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "resources.gpus_per_worker" in done.stderr and "no node has them" in done.stderr
+    assert not (tmp_path / "quickstart").exists()  # nothing started, nothing written
+
+
+def _experiment_state(directory: Path) -> str:
+    return "".join(p.read_text() for p in directory.glob("experiment_state-*.json"))
+
+
+@pytest.mark.slow
+def test_resume_after_driver_is_killed_skips_finished_trials(ray_cluster, tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "entrypoints.sweep",
+        str(QUICKSTART),
+        "--address",
+        ray_cluster,
+        "--storage-path",
+        str(tmp_path),
+        *(x for o in SMALL for x in ("--set", o)),
+        "--set",
+        "name=resumable",
+        "--set",
+        "scheduler.name=fifo",
+        "--set",
+        "space.augment.ops={grid: [[crop, color]]}",
+        "--set",
+        "space.model.head={grid: [linear, nonlinear]}",
+        "--set",
+        "algorithm.max_concurrent_trials=1",
+    ]
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
+    experiment = tmp_path / "resumable"
+    with open(tmp_path / "first.log", "w") as log:
+        driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        while time.time() < deadline and "TERMINATED" not in _experiment_state(experiment):
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    state = _experiment_state(experiment)
+    assert "TERMINATED" in state, (tmp_path / "first.log").read_text()[-3000:]
+    finished = [p.parent.name for p in experiment.glob("*/result.json") if _ended(p)]
+    assert len(finished) == 1
+    first_results = (experiment / finished[0] / "result.json").read_text()
+    first_train_run = _snapshot(experiment / "train" / finished[0])
+    assert first_train_run  # its checkpoints exist
+
+    # Without --resume the name is refused; with it the sweep finishes.
+    refused = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run(
+        [*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert sorted(t["status"] for t in summary["trials"]) == ["completed"] * 2
+    # The trial that had finished was not run again: its results and Train run are untouched.
+    assert (experiment / finished[0] / "result.json").read_text() == first_results
+    assert _snapshot(experiment / "train" / finished[0]) == first_train_run
+    # Nothing of the killed driver's trials outlives it (its detached PG cleaners included).
+    assert _wait_for_no_leaks() == ([], [], [])
+
+
+def _ended(result_json: Path) -> bool:
+    lines = result_json.read_text().splitlines()
+    return bool(lines) and json.loads(lines[-1]).get("status") == "completed"
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
