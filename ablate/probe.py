@@ -113,7 +113,8 @@ def extract_features(
     features: list[torch.Tensor] = []
     try:
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+            # np.array copies: the rows may be a read-only memmap or object-store view.
+            batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
             x = normalize(to_float(batch.permute(0, 3, 1, 2)), mean, std)
             # The NHWC -> NCHW permute leaves channels-last strides; honour the caller's choice.
             x = x.contiguous(

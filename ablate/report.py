@@ -808,7 +808,15 @@ def draw_figures(results: SweepResults, fig_dir: Path, metric: str) -> list[Path
 
 
 def _fmt(s: Stat | None) -> str:
-    return f"{s.mean:.4f} ± {s.std:.4f}" if s else "—"
+    if not s:
+        return "—"
+    # One replicate has no spread: say so rather than print a misleading ± 0.
+    return f"{s.mean:.4f} ± {s.std:.4f}" if s.n > 1 else f"{s.mean:.4f}"
+
+
+def _cell(value: Any) -> str:
+    """A Markdown table cell: run names contain ``|``, which would split the row."""
+    return str(value).replace("|", "\\|")
 
 
 def best_configurations(
@@ -859,7 +867,7 @@ def summary_markdown(
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for rank, (key, stats) in enumerate(best, 1):
             n = stats[metric].n if stats[metric] else 0
-            cells = [str(rank), *(str(v) for v in key), str(n), _fmt(stats[metric])]
+            cells = [str(rank), *(_cell(v) for v in key), str(n), _fmt(stats[metric])]
             cells += [_fmt(stats.get(m)) for m in shown]
             lines.append("| " + " | ".join(cells) + " |")
     else:
@@ -873,7 +881,8 @@ def summary_markdown(
         lines += ["", "## Trials that did not complete", "", "| run | status | detail |"]
         lines.append("|---|---|---|")
         for r in others:
-            lines.append(f"| {r['run_name']} | {r['status']} | {r['status_detail']} |")
+            cells = (r["run_name"], r["status"], r["status_detail"])
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     totals = {
         m: sum(r[m] for r in rows if r.get(m) is not None and math.isfinite(r[m]))
         for m in COMPUTE_METRICS[:4]

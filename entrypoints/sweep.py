@@ -13,6 +13,7 @@ importing Ray.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -52,26 +53,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def tracking_callbacks(sweep: Sweep) -> list[Any]:
-    """The MLflow callback of ``ablate.tracking`` when tracking is on and the module exists."""
+def make_tracker(sweep: Sweep) -> Any:
+    """The sweep's MLflow tracker, its store checked before anything starts (``None`` when
+    the spec turns tracking off). An unreachable store exits with status 2."""
     if not sweep.spec.tracking.enabled:
-        return []
-    try:
-        from ablate import tracking
-    except ModuleNotFoundError as error:
-        if error.name in ("ablate.tracking", "mlflow"):
-            print(f"tracking off: {error}", file=sys.stderr)
-            return []
-        raise
+        return None
+    from ablate import tracking
+
     uri = tracking.resolve_tracking_uri(sweep.spec.tracking.uri, sweep.storage_path)
-    tracker = tracking.SweepTracker(
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    return tracking.SweepTracker(
         uri,
         sweep.spec.tracking.experiment or sweep.name,
         execution=sweep.name,
         spec_text=sweep.text,
         storage_path=sweep.storage_path,
     )
-    return [tracking.MlflowCallback(tracker)]
+
+
+def write_report(tracker: Any, sweep: Sweep) -> None:
+    """Results table, figures and summary of this execution, beside the sweep's results."""
+    from ablate.report import build_report
+
+    local = "://" not in sweep.experiment_dir
+    report = build_report(
+        tracker.tracking_uri,
+        tracker.sweep,
+        tracker.parent_run_id,
+        out_dir=os.path.join(sweep.experiment_dir, "report") if local else None,
+    )
+    print(f"report: {report.summary_path}")
+    print(f"browse: mlflow ui --backend-store-uri {tracker.tracking_uri}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,20 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(sweep))
             return 0
+        tracker = make_tracker(sweep)
         if not (args.address or os.environ.get("RAY_ADDRESS")):
             # A local Ray: keep every port on loopback (read when Ray is imported).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from ablate.sweep import run_sweep  # imports Ray: only when something will run
 
-        rows = run_sweep(
-            sweep,
-            resume=args.resume,
-            address=args.address,
-            callbacks=tracking_callbacks(sweep),
-        )
+        callbacks = []
+        if tracker is not None:
+            from ablate.tracking import MlflowCallback
+
+            callbacks.append(MlflowCallback(tracker))
+        with tracker if tracker is not None else contextlib.nullcontext():
+            rows = run_sweep(sweep, resume=args.resume, address=args.address, callbacks=callbacks)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if tracker is not None:
+        write_report(tracker, sweep)
     failed = sum(row["failed"] for row in rows)
     if failed:
         print(f"{failed} trial(s) failed; see the summary above", file=sys.stderr)
