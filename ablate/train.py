@@ -121,7 +121,7 @@ def prepare_data(config: TrialConfig, runtime: dict[str, Any]) -> TrialData:
     )
 
 
-def _to_device_batch(
+def to_device_batch(
     images: np.ndarray, rows: np.ndarray, device: torch.device, channels_last: bool
 ) -> torch.Tensor:
     """uint8 rows (B, H, W, C) of ``images`` -> uint8 (B, C, H, W) tensor on ``device``."""
@@ -129,6 +129,80 @@ def _to_device_batch(
     # (B, H, W, C) memory is already channels-last for the (B, C, H, W) view.
     batch = batch.permute(0, 3, 1, 2)
     return batch if channels_last else batch.contiguous()
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class Pretraining:
+    """What one worker's pretraining step uses, built from the trial config."""
+
+    model: torch.nn.Module  # SimCLRModel, possibly DDP-wrapped or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    pipeline: Any  # ablate.augment.TwoViewAugment
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+
+def build_pretraining(
+    config: TrialConfig,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    device: torch.device,
+    steps_per_epoch: int,
+) -> Pretraining:
+    """Encoder, head, optimiser, warmup-cosine schedule, loss and augmentation of ``config``."""
+    from ablate import augment, loss, models, optim
+
+    encoder = models.build_encoder(config.model)
+    head = models.build_head(config.model, encoder.feat_dim)
+    model: torch.nn.Module = models.SimCLRModel(encoder, head)
+    channels_last = config.train.channels_last
+    model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+    model = models.convert_sync_batchnorm(model, config.model)
+    optimizer = optim.build_optimizer(model, config.optim, config.train.batch_size)
+    total_steps = steps_per_epoch * config.train.epochs
+    warmup_steps = round(min(config.optim.warmup_epochs, config.train.epochs) * steps_per_epoch)
+    return Pretraining(
+        model=model,
+        optimizer=optimizer,
+        scheduler=optim.warmup_cosine(optimizer, warmup_steps, total_steps),
+        loss_fn=loss.build_loss(config.loss),
+        pipeline=augment.build_pipeline(config.augment, mean, std),
+        device=device,
+        amp_dtype=autocast_dtype(config.train.precision, device),
+        channels_last=channels_last,
+    )
+
+
+def contrastive_forward(
+    parts: Pretraining, view1: torch.Tensor, view2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both views (B, C, H, W) through encoder and head as one batch: ``(h, z1, z2, loss)``.
+
+    ``h`` is (2B, F) in the autocast dtype; ``z1``, ``z2`` are (B, D) fp32; ``loss`` a scalar.
+    """
+    both = torch.cat([view1, view2])
+    if parts.channels_last:
+        both = both.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        parts.device.type, dtype=parts.amp_dtype, enabled=parts.amp_dtype is not None
+    ):
+        h, z = parts.model(both)
+    z1, z2 = z.float().chunk(2)
+    return h, z1, z2, parts.loss_fn(z1, z2)
+
+
+def optimizer_step(parts: Pretraining, step_loss: torch.Tensor) -> None:
+    """Backward, optimiser step and one scheduler step."""
+    parts.optimizer.zero_grad(set_to_none=True)
+    step_loss.backward()
+    parts.optimizer.step()
+    parts.scheduler.step()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -147,7 +221,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     import ray.train
     import ray.train.torch
 
-    from ablate import augment, loss, models, optim, probe
+    from ablate import probe
+    from ablate.loss import contrastive_top1
 
     config = TrialConfig.model_validate(loop_config["config"])
     runtime = loop_config.get("runtime", {})
@@ -170,19 +245,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     if config.train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
 
-    encoder = models.build_encoder(config.model)
-    head = models.build_head(config.model, encoder.feat_dim)
-    model: torch.nn.Module = models.SimCLRModel(encoder, head)
-    channels_last = config.train.channels_last
-    model = model.to(device, memory_format=torch.channels_last if channels_last else None)
-    model = models.convert_sync_batchnorm(model, config.model)
-    optimizer = optim.build_optimizer(model, config.optim, config.train.batch_size)
-    total_steps = steps_per_epoch * config.train.epochs
-    warmup_steps = round(min(config.optim.warmup_epochs, config.train.epochs) * steps_per_epoch)
-    scheduler = optim.warmup_cosine(optimizer, warmup_steps, total_steps)
-    online = probe.OnlineProbe(
-        encoder.feat_dim, trial_data.num_classes, config.eval.online_probe_lr
-    )
+    parts = build_pretraining(config, trial_data.mean, trial_data.std, device, steps_per_epoch)
+    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
+    channels_last, amp_dtype = parts.channels_last, parts.amp_dtype
+    feat_dim = _unwrap(model).encoder.feat_dim
+    online = probe.OnlineProbe(feat_dim, trial_data.num_classes, config.eval.online_probe_lr)
     online.to(device)
 
     start_epoch, best = 0, {"val/knn_top1": float("nan")}
@@ -207,9 +274,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     if config.train.compile:
         model = torch.compile(model)
-    loss_fn = loss.build_loss(config.loss)
-    pipeline = augment.build_pipeline(config.augment, trial_data.mean, trial_data.std)
-    amp_dtype = autocast_dtype(config.train.precision, device)
+    parts.model = model
     generator = torch.Generator(device=device)
     wall_start = time.time()
     overhead = None
@@ -259,17 +324,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
             if overhead is None:
                 overhead = time.time() - launched_at
             rows = np.sort(order[step * local_batch : (step + 1) * local_batch])
-            images = _to_device_batch(trial_data.images, rows, device, channels_last)
-            view1, view2 = pipeline(images, generator)
-            both = torch.cat([view1, view2])
-            if channels_last:
-                both = both.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)
-            ):
-                h, z = model(both)
-            z1, z2 = z.float().chunk(2)
-            step_loss = loss_fn(z1, z2)
+            images = to_device_batch(trial_data.images, rows, device, channels_last)
+            h, z1, z2, step_loss = contrastive_forward(parts, *parts.pipeline(images, generator))
             if faults.nan_loss_at_epoch == epoch:
                 step_loss = step_loss * float("nan")
             finite = _all_reduce_sum([float(torch.isfinite(step_loss))], device)[0]
@@ -279,15 +335,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
                     f"lr={scheduler.get_last_lr()[0]:.4g}"
                 )
                 break
-            optimizer.zero_grad(set_to_none=True)
-            step_loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(parts, step_loss)
             if config.eval.online_probe:
                 labels = torch.from_numpy(trial_data.labels[rows]).to(device)
                 online.step(h[: len(rows)].float(), labels)
             sums[0] += step_loss.item()
-            sums[1] += float(loss.contrastive_top1(z1.detach(), z2.detach()))
+            sums[1] += float(contrastive_top1(z1.detach(), z2.detach()))
             sums[2] += 1
         epoch_seconds = time.time() - epoch_start
         loss_sum, top1_sum, steps_done = _all_reduce_sum(sums, device)
