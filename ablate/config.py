@@ -260,6 +260,12 @@ class FaultConfig(StrictModel):
     raise_once_at_epoch: int | None = Field(
         None, ge=1, description="A worker raises once after this epoch's checkpoint."
     )
+    kill_once_at_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Rank 0's worker process SIGKILLs itself once, after this epoch's "
+        "checkpoint is registered (a real crash: Ray Train restarts the worker group from it).",
+    )
     nan_loss_at_epoch: int | None = Field(None, ge=1, description="Make the loss NaN here.")
     raise_at_start: str | None = Field(
         None, description="Raise RuntimeError(text) before training (e.g. a simulated OOM)."

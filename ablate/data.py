@@ -7,7 +7,7 @@ Sources (``DataConfig.name``):
 - ``image_folder``: ``root/{train,test}/<class>/<image>``, any size (``image_size`` resizes).
 - ``parquet``: a file, directory or glob of Parquet files; the image column holds encoded
   bytes (JPEG/PNG) or a struct with a ``bytes`` field (the Hugging Face hub layout).
-- ``synthetic``: seeded shapes on coloured, textured backgrounds (class = shape), no files.
+- ``synthetic``: seeded shapes on plain backgrounds (class = shape), no files.
 
 Everything becomes ``Dataset(train=ImageArrays, test=ImageArrays, ...)`` with images
 ``(N, H, W, 3)`` uint8 and labels ``(N,)`` int64. ``load_dataset(cfg, cache_dir)`` keeps the
@@ -68,7 +68,7 @@ SYNTHETIC_SHAPES: tuple[str, ...] = (
 SPLITS: tuple[str, str] = ("train", "test")
 
 # Bump when the decoded arrays of a source would change (invalidates every cache entry).
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 # Files up to this size are content-hashed for the cache key (when a source has few files);
 # larger ones are keyed by size + mtime, which is cheap for multi-GB sources.
 _CONTENT_HASH_MAX_BYTES = 1 << 20
@@ -852,6 +852,15 @@ def _synthetic_source(cfg: DataConfig) -> _Source:
     return _Source([], read)
 
 
+# Object scale in half-sides: shapes span about 35-75% of the image side.
+_SYNTHETIC_SCALE = (0.45, 0.8)
+# Centre and full width of the images' hue range: as wide as the hue shifts of colour
+# distortion of strength 0.5 (up to ±0.2 s), so that colour distortion scrambles it.
+_SYNTHETIC_HUE, _SYNTHETIC_HUE_SPREAD = 0.6, 0.2
+_SYNTHETIC_NOISE = 0.03  # std of the i.i.d. pixel noise, [0, 1] scale
+_SYNTHETIC_SUPERSAMPLE = 4  # anti-aliasing: samples per pixel along each axis
+
+
 def _hsv_to_rgb(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> np.ndarray:
     """(N,) hue/saturation/value in [0, 1] -> (N, 3) RGB in [0, 1]."""
     pure = np.clip(np.abs((hue[:, None] * 6.0 + np.array([0.0, 4.0, 2.0])) % 6.0 - 3.0) - 1.0, 0, 1)
@@ -888,12 +897,20 @@ def synthetic_images(
     stream: int = 0,
     rows: int | None = None,
 ) -> ImageArrays:
-    """Seeded shapes: class = shape; colour, position, scale and a striped, coloured, noisy
-    background are nuisances (so colour distortion and cropping matter, as in SimCLR §3).
+    """Seeded shapes on plain backgrounds: class = shape; colour, position and scale are
+    per-image nuisances (so colour distortion and cropping matter, as in SimCLR §3).
 
-    Foreground and background take opposite brightness halves, so the shape survives
-    grayscale. ``stream`` separates splits drawn from one seed; ``rows`` renders only the first
-    rows (identical to the first rows of the full set). Returns (n, size, size, 3) uint8.
+    Every nuisance lies within what SimCLR's augmentations undo: the colours vary in
+    brightness, saturation and (by at most ±``_SYNTHETIC_HUE_SPREAD / 2``) hue, which colour
+    distortion of strength 0.5 covers, and the shape's position and size (35-75% of the side)
+    vary within what random crops change. Nothing else identifies an image: the background is
+    flat and the pixel noise i.i.d. (contrastive learning latches on to any feature that
+    survives the augmentations, hiding the class; Chen et al., 2021, "Intriguing properties of
+    contrastive losses"). The shape is brighter than the background, so it survives grayscale,
+    and anti-aliased, so it is legible at 16 px.
+
+    ``stream`` separates splits drawn from one seed; ``rows`` renders only the first rows
+    (identical to the first rows of the full set). Returns (n, size, size, 3) uint8.
     """
     if not 2 <= num_classes <= len(SYNTHETIC_SHAPES):
         raise DataError(
@@ -901,59 +918,37 @@ def synthetic_images(
         )
     rng = np.random.default_rng([seed, stream])
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
-    center = rng.uniform(-0.3, 0.3, size=(n, 2))
-    scale = rng.uniform(0.35, 0.65, size=n)
-    bright = rng.random(n) < 0.5
-    fg = _hsv_to_rgb(
-        rng.random(n),
-        rng.uniform(0.5, 1.0, n),
-        np.where(bright, rng.uniform(0.7, 1.0, n), rng.uniform(0.1, 0.35, n)),
-    )
-    bg = _hsv_to_rgb(
-        rng.random(n),
-        rng.uniform(0.2, 0.8, n),
-        np.where(bright, rng.uniform(0.05, 0.35, n), rng.uniform(0.65, 0.95, n)),
-    )
-    stripe_colour = rng.uniform(-1.0, 1.0, size=(n, 3))
-    stripe_amp = rng.uniform(0.0, 0.15, size=n)
-    stripe_freq = rng.uniform(1.0, 4.0, size=n) * np.pi  # 1..4 half-waves per unit
-    stripe_angle = rng.uniform(0.0, np.pi, size=n)
-    stripe_phase = rng.uniform(0.0, 2 * np.pi, size=n)
+    # Object units: 1 = half the image side; shapes span about [-0.95, 0.95] x scale.
+    scale = rng.uniform(*_SYNTHETIC_SCALE, size=n)
+    reach = np.maximum(0.92 - 0.95 * scale, 0.0)  # keeps the shape inside the image
+    center = rng.uniform(-1.0, 1.0, size=(n, 2)) * reach[:, None]
+    hue = _SYNTHETIC_HUE + _SYNTHETIC_HUE_SPREAD * rng.uniform(-0.5, 0.5, size=n)
+    fg = _hsv_to_rgb(hue, rng.uniform(0.5, 0.9, size=n), rng.uniform(0.7, 1.0, size=n))
+    bg = _hsv_to_rgb(hue, rng.uniform(0.0, 0.3, size=n), rng.uniform(0.1, 0.3, size=n))
     f32 = np.float32
-    fg, bg, stripe_colour = fg.astype(f32), bg.astype(f32), stripe_colour.astype(f32)
-    stripe_amp, stripe_freq = stripe_amp.astype(f32), stripe_freq.astype(f32)
-    stripe_angle, stripe_phase = stripe_angle.astype(f32), stripe_phase.astype(f32)
-    center, scale = center.astype(f32), scale.astype(f32)
+    fg, bg, center, scale = fg.astype(f32), bg.astype(f32), center.astype(f32), scale.astype(f32)
 
     rows = n if rows is None else min(rows, n)
-    grid = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
+    ss = _SYNTHETIC_SUPERSAMPLE
+    fine = size * ss
+    grid = ((np.arange(fine, dtype=f32) + 0.5) / fine * 2.0 - 1.0).astype(f32)
     out = np.empty((rows, size, size, 3), dtype=np.uint8)
-    chunk = 512
+    chunk = max(1, (1 << 22) // (fine * fine))  # depends on size only: keeps the prefix property
     for index, start in enumerate(range(0, rows, chunk)):
         sl = slice(start, min(start + chunk, rows))
         m = sl.stop - sl.start
-        x = grid[None, None, :]
-        y = grid[None, :, None]
         s = scale[sl, None, None]
-        u = (x - center[sl, 0, None, None]) / s
-        v = (y - center[sl, 1, None, None]) / s
-        mask = np.zeros((m, size, size), dtype=bool)
+        u = (grid[None, None, :] - center[sl, 0, None, None]) / s
+        v = (grid[None, :, None] - center[sl, 1, None, None]) / s
+        mask = np.zeros((m, fine, fine), dtype=bool)
         for shape in range(num_classes):
             pick = labels[sl] == shape
             if pick.any():
                 mask[pick] = _shape_mask(shape, u[pick], v[pick])
-        angle = stripe_angle[sl, None, None]
-        wave = np.sin(
-            stripe_freq[sl, None, None] * (x * np.cos(angle) + y * np.sin(angle))
-            + stripe_phase[sl, None, None]
-        )
-        background = (
-            bg[sl, None, None, :]
-            + (stripe_amp[sl, None, None] * wave)[..., None] * (stripe_colour[sl, None, None, :])
-        )
-        image = np.where(mask[..., None], fg[sl, None, None, :], background)
+        cover = mask.reshape(m, size, ss, size, ss).mean(axis=(2, 4), dtype=f32)[..., None]
+        image = bg[sl, None, None, :] + cover * (fg[sl, None, None, :] - bg[sl, None, None, :])
         noise = np.random.default_rng([seed, stream, 1, index]).standard_normal(image.shape, f32)
-        image += f32(0.02) * noise
+        image += f32(_SYNTHETIC_NOISE) * noise
         out[sl] = np.clip(np.rint(image * f32(255.0)), 0, 255).astype(np.uint8)
     return ImageArrays(out, labels[:rows].copy())
 

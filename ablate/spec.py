@@ -533,6 +533,83 @@ def absolute_storage_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def check_storage_path(sweep: Sweep) -> None:
+    """A local ``storage.path`` must be (or be creatable as) a directory this user can write.
+
+    Checked without creating anything; URIs (``s3://``, ...) are left to their first write.
+    """
+    path = sweep.storage_path
+    if "://" in path:
+        return
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(
+            sweep.source,
+            "storage.path",
+            f"{path} cannot be created: {existing} is a file, not a directory; give another "
+            "--storage-path (or storage.path in the spec)",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(
+            sweep.source,
+            "storage.path",
+            f"{path} is not writable: this user cannot create or write in {existing}; give "
+            "another --storage-path (or storage.path in the spec)",
+        )
+
+
+def check_data_sources(sweep: Sweep) -> None:
+    """The local files named by each planned configuration's ``data`` section exist.
+
+    Parquet paths (a file, a directory or a glob) and image-folder roots are looked up; the
+    files are read later, once, by the sweep driver. URIs and torchvision datasets (which may
+    download) are not checked here.
+    """
+    seen: set[str] = set()
+    for config in sweep.configs():
+        data = config["data"]
+        key = json.dumps(data, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if data["name"] == "parquet":
+            if not data.get("train_path"):
+                raise SpecError(
+                    sweep.source,
+                    "data.train_path",
+                    "data.name=parquet needs data.train_path (a Parquet file, directory or glob)",
+                )
+            for field_name in ("train_path", "test_path"):
+                value = data.get(field_name)
+                if value and "://" not in value and not _local_path_matches(value):
+                    raise SpecError(
+                        sweep.source,
+                        f"data.{field_name}",
+                        f"{value!r} does not exist (expected a Parquet file, a directory of "
+                        "them or a glob)",
+                    )
+        elif data["name"] == "image_folder":
+            root = data.get("root")
+            layout = "expected ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
+            if not root:
+                raise SpecError(
+                    sweep.source, "data.root", f"data.name=image_folder needs it ({layout})"
+                )
+            if "://" not in root and not Path(root).expanduser().is_dir():
+                raise SpecError(
+                    sweep.source, "data.root", f"directory {root!r} does not exist ({layout})"
+                )
+
+
+def _local_path_matches(path: str) -> bool:
+    expanded = os.path.expanduser(path)
+    if any(ch in path for ch in "*?["):
+        return bool(glob.glob(expanded, recursive=True))
+    return os.path.exists(expanded)
+
+
 def _check_overrides_not_swept(spec: SweepSpec, overrides: Sequence[str], source: str) -> None:
     swept = set(spec.space) | {k for entry in spec.together for k in entry}
     for text in overrides:

@@ -49,6 +49,8 @@ from ablate.spec import (
     SUMMARY_METRICS,
     SpecError,
     Sweep,
+    check_data_sources,
+    check_storage_path,
     format_value,
     load_sweep,
     parse_sweep,
@@ -264,8 +266,14 @@ def start_local_ray(**kwargs: Any) -> Any:
     ``PlacementGroupCleaner``, one per trial, asks the state API whether its controller is
     alive: without a dashboard it never learns and never exits, leaking a process per trial.
     """
-    # Without this, Ray 2.60 on Linux binds to the outward address instead of loopback.
+    # Without this, Ray 2.60 on Linux binds to the outward address instead of loopback. The
+    # variable covers the processes Ray starts; Ray read it into ENABLE_RAY_CLUSTER when this
+    # module imported it, so this process's copy is set too (else gcs, raylet and the agents
+    # listen on every interface whenever Ray was imported before this call, i.e. always).
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -598,7 +606,10 @@ def _scheduler(sweep: Sweep) -> Any:
 def _reporter(sweep: Sweep) -> Any:
     from ray.tune import CLIReporter
 
-    params = {f"varying/{k}": k.split(".")[-1] for k in sweep.varying_keys}
+    # Only keys every trial has: the best-trial line looks each column up without a default,
+    # so a `together` key that some entries leave out would crash the sweep's reporter.
+    keys = [k for k in sweep.varying_keys if all(k in t["varying"] for t in sweep.trials)]
+    params = {f"varying/{k}": k.split(".")[-1] for k in keys}
     params["replicate"] = "rep"
     return CLIReporter(
         parameter_columns=params,
@@ -695,6 +706,8 @@ def run_sweep(
         )
     # Tune's legacy reporter prints the varying keys instead of every flattened config field.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    check_storage_path(sweep)
+    check_data_sources(sweep)
     restore = check_experiment_dir(sweep, resume)
     started = connect(address)
     try:

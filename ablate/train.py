@@ -20,6 +20,7 @@ temperatures, unlike the contrastive loss, and it never touches the test split.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -407,7 +408,40 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
                 f"injected fault: worker raised after epoch {epoch} "
                 "(train.faults.raise_once_at_epoch)"
             )
+        if faults.kill_once_at_epoch == epoch and not resumed and rank == 0:
+            if save:
+                _wait_for_registered_checkpoint(f"epoch_{epoch:05d}")
+            # A real crash of this worker process: no exception, no cleanup, no goodbye.
+            os.kill(os.getpid(), signal.SIGKILL)
     return history
+
+
+def _wait_for_registered_checkpoint(dir_name: str, timeout_s: float = 120.0) -> None:
+    """Block until Ray Train's controller has registered checkpoint ``dir_name`` (fault
+    injection only).
+
+    ``ray.train.report`` returns once the result is queued in this worker; the controller
+    takes it on its next poll. A worker killed before that poll loses the report and its
+    checkpoint, so ``kill_once_at_epoch`` waits until the controller's checkpoint-manager
+    snapshot on storage names the checkpoint as the latest (then kills anyway on timeout).
+    """
+    import json
+
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    snapshot, filesystem = storage.checkpoint_manager_snapshot_path, storage.storage_filesystem
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with filesystem.open_input_stream(snapshot) as stream:
+                state = json.loads(stream.read())
+        except (OSError, ValueError):
+            state = {}
+        latest = state.get("latest_checkpoint_result") or {}
+        if latest.get("checkpoint_dir_name") == dir_name:
+            return
+        time.sleep(0.2)
 
 
 def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:

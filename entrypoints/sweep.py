@@ -19,7 +19,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ablate.spec import SpecError, Sweep, describe_plan, load_sweep
+from ablate.spec import (
+    SpecError,
+    Sweep,
+    check_data_sources,
+    check_storage_path,
+    describe_plan,
+    load_sweep,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,12 +107,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(sweep))
             return 0
-        tracker = make_tracker(sweep)
+        # Bad storage or missing data files: exit 2 before the tracking store or Ray is touched.
+        check_storage_path(sweep)
+        check_data_sources(sweep)
         if not (args.address or os.environ.get("RAY_ADDRESS")):
-            # A local Ray: keep every port on loopback (read when Ray is imported).
+            # A local Ray: keep every port on loopback (read when Ray is first imported, which
+            # the tracker's module does).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        from ablate.sweep import run_sweep  # imports Ray: only when something will run
+        tracker = make_tracker(sweep)
+        # Imports Ray: only when something will run.
+        from ablate.sweep import check_experiment_dir, run_sweep
 
+        # An existing sweep is refused (or a changed plan on --resume) before the tracker
+        # reopens that sweep's MLflow runs, which would otherwise be closed as FAILED.
+        check_experiment_dir(sweep, args.resume)
         callbacks = []
         if tracker is not None:
             from ablate.tracking import MlflowCallback

@@ -110,24 +110,39 @@ def test_synthetic_same_seed_same_pixels_other_seed_differs() -> None:
 
 def test_synthetic_limit_is_a_prefix() -> None:
     full = synthetic_images(600, 24, 4, seed=3)
-    head = synthetic_images(600, 24, 4, seed=3, rows=100)
-    np.testing.assert_array_equal(full.images[:100], head.images)
-    np.testing.assert_array_equal(full.labels[:100], head.labels)
+    head = synthetic_images(600, 24, 4, seed=3, rows=500)  # past the first render chunk
+    np.testing.assert_array_equal(full.images[:500], head.images)
+    np.testing.assert_array_equal(full.labels[:500], head.labels)
     limited = load_dataset(DataConfig(name="synthetic", num_train=600, limit_train=50, seed=3))
     assert len(limited.train) == 50
 
 
+def _synthetic_parts(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value (N, H, W), border value (N,), foreground mask (N, H, W)) of synthetic images."""
+    value = images.max(axis=-1).astype(np.int16)  # HSV value
+    border = np.median(value[:, [0, -1], :].reshape(len(value), -1), axis=1)
+    return value, border, np.abs(value - border[:, None, None]) > 64
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (N, H, W) without the pixels next to its edge (4-neighbourhood)."""
+    out = mask.copy()
+    for axis in (1, 2):
+        out &= np.roll(mask, 1, axis) & np.roll(mask, -1, axis)
+    return out
+
+
 def test_synthetic_class_is_the_shape_and_colour_a_nuisance() -> None:
     arrays = synthetic_images(2000, 32, 8, seed=0)
-    # Colour carries no class information: every class has about the same mean colour.
-    mean_rgb = np.stack(
-        [arrays.images[arrays.labels == c].mean(axis=(0, 1, 2)) / 255 for c in range(8)]
-    )
-    assert np.ptp(mean_rgb, axis=0).max() < 0.06
+    foreground = _synthetic_parts(arrays.images)[2]
+    # Colour carries no class information: the shapes of every class, and their backgrounds,
+    # have about the same mean colour (away from the anti-aliased edges).
+    for part in (_eroded(foreground), _eroded(~foreground)):
+        mean_rgb = np.stack(
+            [arrays.images[(arrays.labels == c)[:, None, None] & part].mean(0) for c in range(8)]
+        )
+        assert np.ptp(mean_rgb / 255, axis=0).max() < 0.04
     # The shape does: horizontal bars are wide, vertical bars tall, squares neither.
-    value = arrays.images.max(axis=-1).astype(np.int16)  # HSV value
-    border = np.median(value[:, [0, -1], :].reshape(len(value), -1), axis=1)
-    foreground = np.abs(value - border[:, None, None]) > 64
     height = foreground.any(axis=2).sum(axis=1)
     width = foreground.any(axis=1).sum(axis=1)
     aspect = width / np.maximum(height, 1)
@@ -136,8 +151,38 @@ def test_synthetic_class_is_the_shape_and_colour_a_nuisance() -> None:
     assert (aspect[arrays.labels == names.index("bar_vertical")] < 0.5).mean() > 0.95
     square = aspect[arrays.labels == names.index("square")]
     assert ((square > 0.8) & (square < 1.25)).mean() > 0.95
-    # Position and scale vary: the object's width spans a range of sizes.
-    assert np.ptp(width[arrays.labels == names.index("square")]) >= 6
+    # Position and scale vary; shapes take a good part of the image (35-75% of the side).
+    side = np.maximum(width, height)[arrays.labels == names.index("circle")] / 32
+    assert side.min() >= 0.3 and side.max() <= 0.8 and np.ptp(side) >= 0.25
+    centre_x = (foreground * np.arange(32)).sum(axis=(1, 2)) / foreground.sum(axis=(1, 2))
+    assert np.ptp(centre_x) >= 8
+    # Colour varies per image, within one class too.
+    circles = arrays.images[arrays.labels == names.index("circle")].astype(np.float64)
+    assert circles.mean(axis=(1, 2)).std(axis=0).min() > 8
+
+
+def test_synthetic_nothing_but_the_shape_identifies_an_image() -> None:
+    images = synthetic_images(500, 32, 4, seed=1).images
+    value, border, foreground = _synthetic_parts(images)
+    # The shape is always the brighter part (no brightness-polarity bit) and lies inside.
+    shape_value = (value * foreground).sum(axis=(1, 2)) / foreground.sum(axis=(1, 2))
+    assert (shape_value > border + 64).all()
+    assert not foreground[:, [0, -1], :].any() and not foreground[:, :, [0, -1]].any()
+    # The background is flat up to i.i.d. pixel noise: no stripes or textures that would
+    # survive cropping and colour distortion and identify the image.
+    background = _eroded(~foreground)  # anti-aliased edge pixels do not count
+    pixels = images.astype(np.float64)
+    for i in range(len(images)):
+        spread = pixels[i][background[i]].std(axis=0)
+        assert spread.max() < 0.045 * 255, (i, spread)
+    # Neighbouring background pixels are uncorrelated (the noise is i.i.d.).
+    flat = (
+        pixels[..., 1]
+        - np.array([pixels[i, ..., 1][background[i]].mean() for i in range(500)])[:, None, None]
+    )
+    both = background[:, :, 1:] & background[:, :, :-1]
+    correlation = np.corrcoef(flat[:, :, 1:][both], flat[:, :, :-1][both])[0, 1]
+    assert abs(correlation) < 0.1
 
 
 def test_channel_stats_match_float_computation() -> None:
