@@ -98,3 +98,35 @@ def test_nan_loss_ends_the_trial_as_diverged(local_ray, tmp_path):
     assert history[-1]["status"] == "diverged"
     assert "non-finite loss" in history[-1]["reason"]
     assert "epoch 2" in history[-1]["reason"]
+
+
+def above_chance(accuracy: float, num_classes: int, n: int) -> bool:
+    """More than four binomial standard errors above chance."""
+    chance = 1.0 / num_classes
+    return accuracy > chance + 4.0 * math.sqrt(chance * (1 - chance) / n)
+
+
+def test_a_short_pretraining_learns_the_shapes(local_ray, tmp_path):
+    config = tiny_config(
+        data={"num_train": 2048, "num_test": 512},
+        augment={
+            "ops": ["crop", "flip", "color"],
+            "crop": {"scale": [0.2, 1.0]},
+            "color": {"strength": 0.5},
+        },
+        loss={"temperature": 0.2},
+        optim={
+            "name": "adamw",
+            "base_lr": 5e-3,
+            "lr_scaling": "none",
+            "weight_decay": 1e-4,
+            "warmup_epochs": 1,
+        },
+        train={"epochs": 8, "batch_size": 64, "checkpoint_every": 8},
+        eval={"knn_k": 20, "eval_every": 4, "probe": {"max_iter": 100}},
+    )
+    final = run_trial(config, storage_path=str(tmp_path), name="learns")[-1]
+
+    assert final["status"] == "completed"
+    assert above_chance(final["test/knn_top1"], 4, 512), final["test/knn_top1"]
+    assert above_chance(final["test/probe_top1"], 4, 512), final["test/probe_top1"]
