@@ -142,7 +142,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.features_cache and args.features_cache.exists():
-        x_train, y_train, x_test, y_test = torch.load(args.features_cache)
+        x_train, y_train, x_test, y_test = torch.load(args.features_cache, weights_only=True)
         print(f"features: loaded from {args.features_cache}")
     else:
         x_train, y_train, x_test, y_test = cached_features(args)
