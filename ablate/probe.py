@@ -353,15 +353,16 @@ class OnlineProbe(nn.Module):
         """h: (B, feat_dim) -> logits (B, num_classes)."""
         return self.linear(self.norm(h.flatten(1).float()))
 
-    def step(self, h: torch.Tensor, labels: torch.Tensor) -> float:
-        """One SGD step on the batch (h is detached here); returns the cross-entropy."""
+    def step(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One SGD step on the batch (h is detached here); returns the cross-entropy (0-dim,
+        detached, left on the device so the training loop does not wait for it)."""
         self.train()
         with torch.autocast(h.device.type, enabled=False), torch.enable_grad():
             loss = F.cross_entropy(self(h.detach()), labels.to(h.device).long())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        return loss.item()
+        return loss.detach()
 
     @torch.no_grad()
     def accuracy(self, h: torch.Tensor, labels: torch.Tensor) -> float:

@@ -206,6 +206,48 @@ def optimizer_step(parts: Pretraining, step_loss: torch.Tensor) -> None:
     parts.scheduler.step()
 
 
+@dataclass
+class StepResult:
+    """What one pretraining step reports; tensors stay on the device (no host sync)."""
+
+    loss: torch.Tensor  # 0-dim fp32, detached
+    contrastive_top1: torch.Tensor  # 0-dim fp32
+    finite: bool  # the loss was finite on every worker (else nothing was updated)
+
+
+def pretraining_step(
+    parts: Pretraining,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    online: Any = None,
+    labels: torch.Tensor | None = None,
+    poison: bool = False,
+) -> StepResult:
+    """One SimCLR step, exactly as every worker runs it (the throughput benchmark calls it too).
+
+    ``images``: uint8 (B, C, H, W) on the device; ``labels``: (B,) for the online probe.
+    Two views, encoder + head + loss, a finiteness check agreed by all workers (the step's one
+    host sync), then backward, optimiser and schedule step, and one online-probe step on the
+    detached h of the first view. ``poison`` multiplies the loss by NaN (fault injection).
+    """
+    from ablate.loss import contrastive_top1
+
+    h, z1, z2, step_loss = contrastive_forward(parts, *parts.pipeline(images, generator))
+    if poison:
+        step_loss = step_loss * float("nan")
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    finite = _all_reduce_sum([float(torch.isfinite(step_loss))], parts.device)[0] == world_size
+    if finite:
+        optimizer_step(parts, step_loss)
+        if online is not None and labels is not None:
+            online.step(h[: len(images)], labels)
+    return StepResult(
+        loss=step_loss.detach(),
+        contrastive_top1=contrastive_top1(z1.detach(), z2.detach()),
+        finite=finite,
+    )
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -223,7 +265,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     import ray.train.torch
 
     from ablate import probe
-    from ablate.loss import contrastive_top1
 
     config = TrialConfig.model_validate(loop_config["config"])
     runtime = loop_config.get("runtime", {})
@@ -319,32 +360,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
             _shard(len(trial_data.pretrain_idx), rank, world_size, epoch, config)
         ]
         epoch_start = time.time()
-        sums = [0.0, 0.0, 0.0]  # loss, contrastive top-1, finite flag count
+        loss_sum = top1_sum = torch.zeros((), device=device)
+        steps_done = 0
         diverged_reason = ""
         for step in range(steps_per_epoch):
             if overhead is None:
                 overhead = time.time() - launched_at
             rows = np.sort(order[step * local_batch : (step + 1) * local_batch])
-            images = to_device_batch(trial_data.images, rows, device, channels_last)
-            h, z1, z2, step_loss = contrastive_forward(parts, *parts.pipeline(images, generator))
-            if faults.nan_loss_at_epoch == epoch:
-                step_loss = step_loss * float("nan")
-            finite = _all_reduce_sum([float(torch.isfinite(step_loss))], device)[0]
-            if finite < world_size:
+            result = pretraining_step(
+                parts,
+                to_device_batch(trial_data.images, rows, device, channels_last),
+                generator,
+                online if config.eval.online_probe else None,
+                torch.from_numpy(trial_data.labels[rows]).to(device),
+                poison=faults.nan_loss_at_epoch == epoch,
+            )
+            if not result.finite:
                 diverged_reason = (
-                    f"non-finite loss ({step_loss.item()}) at epoch {epoch}, step {step + 1}; "
+                    f"non-finite loss ({result.loss.item()}) at epoch {epoch}, step {step + 1}; "
                     f"lr={scheduler.get_last_lr()[0]:.4g}"
                 )
                 break
-            optimizer_step(parts, step_loss)
-            if config.eval.online_probe:
-                labels = torch.from_numpy(trial_data.labels[rows]).to(device)
-                online.step(h[: len(rows)].float(), labels)
-            sums[0] += step_loss.item()
-            sums[1] += float(contrastive_top1(z1.detach(), z2.detach()))
-            sums[2] += 1
+            loss_sum = loss_sum + result.loss
+            top1_sum = top1_sum + result.contrastive_top1
+            steps_done += 1
+        local_sums = [loss_sum.item(), top1_sum.item(), float(steps_done)]  # waits for the device
         epoch_seconds = time.time() - epoch_start
-        loss_sum, top1_sum, steps_done = _all_reduce_sum(sums, device)
+        loss_sum, top1_sum, steps_done = _all_reduce_sum(local_sums, device)
         steps_done = max(steps_done, 1.0)
         metrics: dict[str, Any] = {
             "epoch": epoch,
@@ -367,11 +409,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
             return history
 
         last = epoch == config.train.epochs
-        evaluate_now = epoch % config.eval.eval_every == 0 or last
-        if evaluate_now and rank == 0:
-            best.update(evaluate_knn())
-        if rank == 0 and (last or epoch in config.eval.probe.epochs):
+        probe_now = last or epoch in config.eval.probe.epochs
+        if rank == 0 and probe_now:
+            # Extracts the features once for the probe and the kNN monitor alike.
             best.update(final_evaluation(model, online, trial_data, config, device, amp_dtype))
+        elif rank == 0 and epoch % config.eval.eval_every == 0:
+            best.update(evaluate_knn())
         metrics.update(best)
         if last:
             metrics["status"] = "completed"
@@ -462,7 +505,8 @@ def final_evaluation(
     device: torch.device,
     amp_dtype: torch.dtype | None,
 ) -> dict[str, float]:
-    """Linear probe (and kNN) on frozen features of the train, validation and test splits."""
+    """Linear probe, kNN and online probe on frozen features of the train, validation and
+    test splits (features extracted once; ``val/knn_top1`` stays the ranking metric)."""
     from ablate import probe
 
     encoder = _unwrap(_uncompiled(model)).encoder
@@ -492,17 +536,18 @@ def final_evaluation(
         config.eval.probe,
         seed=config.train.seed,
     )
-    results["test/knn_top1"] = probe.knn_top1(
-        train_feats,
-        train_labels,
-        test_feats,
-        test_labels,
-        k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature,
-        num_classes=trial_data.num_classes,
-    )
-    if config.eval.online_probe:
-        results["test/online_top1"] = online.accuracy(test_feats.to(device), test_labels.to(device))
+    for split, feats, labels in (("val", val_feats, val_labels), ("test", test_feats, test_labels)):
+        results[f"{split}/knn_top1"] = probe.knn_top1(
+            train_feats,
+            train_labels,
+            feats,
+            labels,
+            k=config.eval.knn_k,
+            temperature=config.eval.knn_temperature,
+            num_classes=trial_data.num_classes,
+        )
+        if config.eval.online_probe:
+            results[f"{split}/online_top1"] = online.accuracy(feats.to(device), labels.to(device))
     semi = config.eval.semi_supervised
     if semi.enabled and config.data.labelled_fraction:
         from ablate.data import labelled_subset
