@@ -51,8 +51,10 @@ class StrictModel(BaseModel):
 class DataConfig(StrictModel):
     """Where images come from and how they are split (see ``ablate.data``)."""
 
-    name: Literal["cifar10", "cifar100", "stl10", "image_folder", "parquet", "synthetic"] = (
-        "synthetic"
+    name: Literal["cifar10", "cifar100", "stl10", "image_folder", "parquet", "synthetic"] = Field(
+        "synthetic",
+        description="Image source: synthetic shapes (no download), torchvision sets, an image "
+        "folder or Parquet files.",
     )
     root: str | None = Field(
         None, description="torchvision datasets and image_folder: the root directory."
@@ -66,8 +68,8 @@ class DataConfig(StrictModel):
     test_path: str | None = Field(
         None, description="parquet: the test rows (omit when a split column is used)."
     )
-    image_column: str = "image"
-    label_column: str = "label"
+    image_column: str = Field("image", description="parquet: the column of encoded image bytes.")
+    label_column: str = Field("label", description="parquet: the integer label column.")
     split_column: str | None = Field(
         None, description="parquet: a column whose values 'train'/'test' split one source."
     )
@@ -92,7 +94,9 @@ class DataConfig(StrictModel):
     mean: tuple[float, float, float] | None = Field(
         None, description="Normalisation mean; computed from the training images when unset."
     )
-    std: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = Field(
+        None, description="Normalisation std; computed from the training images when unset."
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -101,13 +105,19 @@ class DataConfig(StrictModel):
 class ModelConfig(StrictModel):
     """Encoder and projection head (the axis of the paper's Figure 8)."""
 
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    arch: Literal["resnet18", "resnet34", "resnet50"] = Field(
+        "resnet18", description="ResNet depth of the encoder f(.); h is its pooled output."
+    )
     stem: Literal["cifar", "imagenet"] = Field(
         "cifar", description="cifar: 3x3 stride-1 conv1, no max-pool (paper's CIFAR appendix)."
     )
     width: int = Field(64, ge=4, description="Base width of the ResNet (64 in torchvision).")
     pretrained: bool = Field(False, description="Load torchvision ImageNet weights (width 64).")
-    head: Literal["none", "linear", "nonlinear"] = "nonlinear"
+    head: Literal["none", "linear", "nonlinear"] = Field(
+        "nonlinear",
+        description="Projection head g(.): none (z = h), linear, or nonlinear (one hidden ReLU "
+        "layer), the paper's Figure 8.",
+    )
     out_dim: int = Field(128, ge=1, description="Output dimension of a linear/nonlinear head.")
     hidden_dim: int | None = Field(
         None, ge=1, description="Hidden width of the nonlinear head; default: width of h."
@@ -121,9 +131,18 @@ class ModelConfig(StrictModel):
 class CropParams(StrictModel):
     """Random resized crop: area scale and aspect ratio, then resize back to the input size."""
 
-    p: float = Field(1.0, ge=0.0, le=1.0)
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    p: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Probability of applying the op (each `*.p` below likewise).",
+    )
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="Area fraction range of the random resized crop."
+    )
+    ratio: tuple[float, float] = Field(
+        (3.0 / 4.0, 4.0 / 3.0), description="Aspect-ratio range of the crop."
+    )
 
     @field_validator("scale", "ratio")
     @classmethod
@@ -134,52 +153,66 @@ class CropParams(StrictModel):
 
 
 class FlipParams(StrictModel):
-    p: float = Field(0.5, ge=0.0, le=1.0)
+    p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
 
 
 class ColorParams(StrictModel):
     """Color distortion of strength s: jitter (0.8s, 0.8s, 0.8s, 0.2s) with p, then grayscale."""
 
-    strength: float = Field(1.0, ge=0.0)
-    p: float = Field(0.8, ge=0.0, le=1.0)
-    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    strength: float = Field(
+        1.0, ge=0.0, description="Colour distortion strength s (1.0 ImageNet, 0.5 CIFAR-10)."
+    )
+    p: float = Field(0.8, ge=0.0, le=1.0, description="Probability of colour jitter.")
+    grayscale_p: float = Field(
+        0.2, ge=0.0, le=1.0, description="Probability of random grayscale inside colour distortion."
+    )
 
 
 class GrayscaleParams(StrictModel):
-    p: float = Field(1.0, ge=0.0, le=1.0)
+    p: float = Field(
+        1.0, ge=0.0, le=1.0, description="Probability of the stand-alone grayscale op."
+    )
 
 
 class CutoutParams(StrictModel):
     """Zero a random square whose side is ``size`` times the image side."""
 
-    p: float = Field(1.0, ge=0.0, le=1.0)
-    size: tuple[float, float] = (0.25, 0.5)
+    p: float = Field(1.0, ge=0.0, le=1.0, description="Probability of cutout.")
+    size: tuple[float, float] = Field(
+        (0.25, 0.5), description="Side range of the zeroed square, as a fraction of the image side."
+    )
 
 
 class SobelParams(StrictModel):
-    p: float = Field(1.0, ge=0.0, le=1.0)
+    p: float = Field(1.0, ge=0.0, le=1.0, description="Probability of Sobel filtering.")
 
 
 class NoiseParams(StrictModel):
     """Additive gaussian noise with a per-sample std drawn from ``std`` (pixel range [0, 1])."""
 
-    p: float = Field(1.0, ge=0.0, le=1.0)
-    std: tuple[float, float] = (0.05, 0.2)
+    p: float = Field(1.0, ge=0.0, le=1.0, description="Probability of gaussian noise.")
+    std: tuple[float, float] = Field(
+        (0.05, 0.2), description="Range of the noise std (pixel range [0, 1])."
+    )
 
 
 class BlurParams(StrictModel):
     """Gaussian blur, kernel ``kernel_fraction`` of the side, sigma drawn from ``sigma``."""
 
-    p: float = Field(0.5, ge=0.0, le=1.0)
-    sigma: tuple[float, float] = (0.1, 2.0)
-    kernel_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of gaussian blur.")
+    sigma: tuple[float, float] = Field((0.1, 2.0), description="Range of the blur sigma.")
+    kernel_fraction: float = Field(
+        0.1, gt=0.0, le=1.0, description="Kernel side as a fraction of the image side."
+    )
 
 
 class RotateParams(StrictModel):
     """Rotation by a random multiple of 90 degrees, drawn from ``angles``."""
 
-    p: float = Field(1.0, ge=0.0, le=1.0)
-    angles: tuple[int, ...] = (90, 180, 270)
+    p: float = Field(1.0, ge=0.0, le=1.0, description="Probability of rotation.")
+    angles: tuple[int, ...] = Field(
+        (90, 180, 270), description="Angles (multiples of 90) to draw from."
+    )
 
     @field_validator("angles")
     @classmethod
@@ -197,10 +230,21 @@ class AugmentConfig(StrictModel):
     view gets ``base + ops`` and the second only ``base``.
     """
 
-    ops: list[OpName] = Field(default_factory=lambda: list(AUGMENTATION_PRESETS["simclr_cifar"]))
-    mode: Literal["symmetric", "asymmetric"] = "symmetric"
-    base: list[OpName] = Field(default_factory=list)
-    normalize: bool = True
+    ops: list[OpName] = Field(
+        default_factory=lambda: list(AUGMENTATION_PRESETS["simclr_cifar"]),
+        description="Ordered op names, or one preset: simclr (crop, flip, color, blur), "
+        "simclr_cifar (crop, flip, color), none; `crop+color` spells a list.",
+    )
+    mode: Literal["symmetric", "asymmetric"] = Field(
+        "symmetric",
+        description="symmetric: both views get base + ops; asymmetric (Figure 5): view 1 gets "
+        "base + ops, view 2 only base.",
+    )
+    base: list[OpName] = Field(
+        default_factory=list,
+        description="Ops applied to both views before `ops` (asymmetric mode).",
+    )
+    normalize: bool = Field(True, description="Normalise views with the dataset mean/std.")
     crop: CropParams = Field(default_factory=CropParams)
     flip: FlipParams = Field(default_factory=FlipParams)
     color: ColorParams = Field(default_factory=ColorParams)
@@ -229,26 +273,34 @@ class AugmentConfig(StrictModel):
 class LossConfig(StrictModel):
     """Contrastive objective (the paper's Table 2)."""
 
-    name: Literal["nt_xent", "nt_logistic", "margin_triplet"] = "nt_xent"
-    temperature: float = Field(0.5, gt=0.0)
+    name: Literal["nt_xent", "nt_logistic", "margin_triplet"] = Field(
+        "nt_xent", description="nt_xent (the paper's), nt_logistic or margin_triplet (Table 2)."
+    )
+    temperature: float = Field(
+        0.5, gt=0.0, description="Temperature tau of the cosine similarities."
+    )
     margin: float = Field(0.5, ge=0.0, description="margin_triplet only.")
 
 
 class OptimConfig(StrictModel):
     """Optimiser and schedule: linear warmup then cosine decay, lr scaled by batch size."""
 
-    name: Literal["lars", "sgd", "adamw"] = "lars"
+    name: Literal["lars", "sgd", "adamw"] = Field(
+        "lars", description="lars (the paper's), sgd or adamw."
+    )
     base_lr: float = Field(0.3, gt=0.0, description="Learning rate before scaling.")
     lr_scaling: Literal["linear", "sqrt", "none"] = Field(
         "linear", description="linear: base_lr*B/256; sqrt: base_lr*sqrt(B); none: base_lr."
     )
-    weight_decay: float = Field(1e-6, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(
+        1e-6, ge=0.0, description="L2 weight decay (biases and BatchNorm excluded)."
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of lars/sgd.")
     lars_eta: float = Field(1e-3, gt=0.0, description="LARS trust coefficient.")
     warmup_epochs: float = Field(
         10.0, ge=0.0, description="Linear warmup; lasts min(warmup_epochs, epochs)."
     )
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw only.")
 
 
 # ----------------------------------------------------------------------------- training
@@ -273,13 +325,15 @@ class FaultConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=1, description="Pretraining epochs (ASHA's time unit).")
     batch_size: int = Field(256, ge=2, description="Global batch (all workers together).")
     seed: int = Field(0, description="Seeds weights, augmentation and shuffling.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16."
     )
-    channels_last: bool = True
+    channels_last: bool = Field(
+        True, description="Channels-last memory format (faster convolutions)."
+    )
     compile: bool = Field(False, description="torch.compile the model.")
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Cap the steps of an epoch (quick experiments)."
@@ -294,7 +348,9 @@ class TrainConfig(StrictModel):
 class ProbeConfig(StrictModel):
     """Linear probe on frozen, cached encoder features."""
 
-    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    solver: Literal["lbfgs", "sgd"] = Field(
+        "lbfgs", description="Optimiser of the final linear probe."
+    )
     max_iter: int = Field(100, ge=1, description="L-BFGS iterations or SGD epochs.")
     weight_decay: float = Field(1e-3, ge=0.0, description="L2 penalty on the weights.")
     lr: float = Field(0.1, gt=0.0, description="sgd only.")
@@ -308,18 +364,24 @@ class ProbeConfig(StrictModel):
 class SemiSupervisedConfig(StrictModel):
     """Fine-tune encoder + linear layer on a labelled fraction (the paper's 1%/10% result)."""
 
-    enabled: bool = False
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(0.05, gt=0.0)
-    batch_size: int = Field(256, ge=1)
+    enabled: bool = Field(
+        False, description="Fine-tune on `data.labelled_fraction` after pretraining."
+    )
+    epochs: int = Field(20, ge=1, description="Fine-tuning epochs.")
+    lr: float = Field(0.05, gt=0.0, description="Fine-tuning learning rate.")
+    batch_size: int = Field(256, ge=1, description="Fine-tuning batch size.")
 
 
 class EvalConfig(StrictModel):
     eval_every: int = Field(1, ge=1, description="Epochs between kNN evaluations.")
-    knn_k: int = Field(200, ge=1)
-    knn_temperature: float = Field(0.1, gt=0.0)
+    knn_k: int = Field(
+        200, ge=1, description="Neighbours of the kNN monitor (val/knn_top1, the ranking metric)."
+    )
+    knn_temperature: float = Field(0.1, gt=0.0, description="Temperature of the kNN vote weights.")
     online_probe: bool = Field(True, description="Linear classifier on detached h during training.")
-    online_probe_lr: float = Field(0.1, gt=0.0)
+    online_probe_lr: float = Field(
+        0.1, gt=0.0, description="Learning rate of the online linear probe."
+    )
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     semi_supervised: SemiSupervisedConfig = Field(default_factory=SemiSupervisedConfig)
 
@@ -330,8 +392,15 @@ class EvalConfig(StrictModel):
 class ResourcesConfig(StrictModel):
     """The worker group of one trial."""
 
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    num_workers: int = Field(
+        1,
+        ge=1,
+        description="Ray Train workers (DDP processes) of one trial; the global batch is split "
+        "over them.",
+    )
+    cpus_per_worker: float = Field(
+        1.0, gt=0.0, description="CPUs each worker reserves (also its torch threads)."
+    )
     gpus_per_worker: float = Field(0.0, ge=0.0, description="Fractions pack trials on one GPU.")
 
 

@@ -58,63 +58,6 @@ PARAM_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "rand
 _ENUMERATED = ("grid", "op_pairs")
 _SAMPLED = ("uniform", "loguniform", "randint")
 
-#: Reference text for trial-config fields whose schema carries no description (docs only; the
-#: defaults and types always come from ``ablate.config``).
-FIELD_NOTES: dict[str, str] = {
-    "scheduler.mode": "max for accuracies.",
-    "data.name": "Image source: synthetic shapes (no download), torchvision sets, an image "
-    "folder or Parquet files.",
-    "data.image_column": "parquet: the column of encoded image bytes.",
-    "data.label_column": "parquet: the integer label column.",
-    "data.std": "Normalisation std; computed from the training images when unset.",
-    "model.arch": "ResNet depth of the encoder f(.); h is its pooled output.",
-    "model.head": "Projection head g(.): none (z = h), linear, or nonlinear (one hidden ReLU "
-    "layer), the paper's Figure 8.",
-    "augment.ops": "Ordered op names, or one preset: simclr (crop, flip, color, blur), "
-    "simclr_cifar (crop, flip, color), none; `crop+color` spells a list.",
-    "augment.mode": "symmetric: both views get base + ops; asymmetric (Figure 5): view 1 gets "
-    "base + ops, view 2 only base.",
-    "augment.base": "Ops applied to both views before `ops` (asymmetric mode).",
-    "augment.normalize": "Normalise views with the dataset mean/std.",
-    "augment.crop.p": "Probability of applying the op (each `*.p` below likewise).",
-    "augment.crop.scale": "Area fraction range of the random resized crop.",
-    "augment.crop.ratio": "Aspect-ratio range of the crop.",
-    "augment.flip.p": "Probability of a horizontal flip.",
-    "augment.color.strength": "Colour distortion strength s (1.0 ImageNet, 0.5 CIFAR-10).",
-    "augment.color.p": "Probability of colour jitter.",
-    "augment.color.grayscale_p": "Probability of random grayscale inside colour distortion.",
-    "augment.grayscale.p": "Probability of the stand-alone grayscale op.",
-    "augment.cutout.p": "Probability of cutout.",
-    "augment.cutout.size": "Side range of the zeroed square, as a fraction of the image side.",
-    "augment.sobel.p": "Probability of Sobel filtering.",
-    "augment.noise.p": "Probability of gaussian noise.",
-    "augment.noise.std": "Range of the noise std (pixel range [0, 1]).",
-    "augment.blur.p": "Probability of gaussian blur.",
-    "augment.blur.sigma": "Range of the blur sigma.",
-    "augment.blur.kernel_fraction": "Kernel side as a fraction of the image side.",
-    "augment.rotate.p": "Probability of rotation.",
-    "augment.rotate.angles": "Angles (multiples of 90) to draw from.",
-    "loss.name": "nt_xent (the paper's), nt_logistic or margin_triplet (Table 2).",
-    "loss.temperature": "Temperature tau of the cosine similarities.",
-    "optim.name": "lars (the paper's), sgd or adamw.",
-    "optim.weight_decay": "L2 weight decay (biases and BatchNorm excluded).",
-    "optim.momentum": "Momentum of lars/sgd.",
-    "optim.betas": "adamw only.",
-    "train.epochs": "Pretraining epochs (ASHA's time unit).",
-    "train.channels_last": "Channels-last memory format (faster convolutions).",
-    "eval.knn_k": "Neighbours of the kNN monitor (val/knn_top1, the ranking metric).",
-    "eval.knn_temperature": "Temperature of the kNN vote weights.",
-    "eval.online_probe_lr": "Learning rate of the online linear probe.",
-    "eval.probe.solver": "Optimiser of the final linear probe.",
-    "eval.semi_supervised.enabled": "Fine-tune on `data.labelled_fraction` after pretraining.",
-    "eval.semi_supervised.epochs": "Fine-tuning epochs.",
-    "eval.semi_supervised.lr": "Fine-tuning learning rate.",
-    "eval.semi_supervised.batch_size": "Fine-tuning batch size.",
-    "resources.num_workers": "Ray Train workers (DDP processes) of one trial; the global batch "
-    "is split over them.",
-    "resources.cpus_per_worker": "CPUs each worker reserves (also its torch threads).",
-}
-
 
 class SpecError(ValueError):
     """A spec problem a person can fix: which file, which dotted key, what was expected."""
@@ -198,7 +141,7 @@ class SchedulerSpec(_SpecModel):
         "val/knn_top1",
         description=f"Ranking metric, reported every epoch: one of {', '.join(RANKING_METRICS)}.",
     )
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field("max", description="max for accuracies.")
     grace_period: int = Field(1, ge=1, description="asha: epochs before a trial can be stopped.")
     reduction_factor: float = Field(
         2.0, gt=1.0, description="asha: keep the best 1/reduction_factor at each rung."
@@ -1191,7 +1134,7 @@ def _model_rows(
                 if not defaults
                 else (_type_name(info.annotation)),
                 _default_text(info) if defaults else "-",
-                " ".join((info.description or FIELD_NOTES.get(f"{prefix}{name}", "")).split()),
+                " ".join((info.description or "").split()),
             )
         )
     return rows
