@@ -6,9 +6,12 @@ import math
 
 import pytest
 import ray
+import torch
 
-from ablate.config import resolve
-from ablate.train import run_trial
+from ablate.config import TrialConfig, resolve
+from ablate.models import build_encoder
+from ablate.probe import extract_features, knn_top1
+from ablate.train import prepare_data, run_trial
 
 pytestmark = pytest.mark.slow
 
@@ -100,33 +103,57 @@ def test_nan_loss_ends_the_trial_as_diverged(local_ray, tmp_path):
     assert "epoch 2" in history[-1]["reason"]
 
 
-def above_chance(accuracy: float, num_classes: int, n: int) -> bool:
-    """More than four binomial standard errors above chance."""
-    chance = 1.0 / num_classes
-    return accuracy > chance + 4.0 * math.sqrt(chance * (1 - chance) / n)
+def above(accuracy: float, baseline: float, n: int) -> bool:
+    """More than four binomial standard errors (of ``n`` trials at ``baseline``) above it."""
+    return accuracy > baseline + 4.0 * math.sqrt(baseline * (1 - baseline) / n)
+
+
+def untrained_test_knn(config: dict) -> float:
+    """Test kNN top-1 of the encoder as the trial initialises it (same seed, before epoch 1)."""
+    trial = TrialConfig.model_validate(config)
+    data = prepare_data(trial, {})
+    torch.manual_seed(trial.train.seed)  # the worker seeds, then builds the encoder first
+    encoder = build_encoder(trial.model)
+    bank = extract_features(encoder, data.images[data.pretrain_idx], data.mean, data.std)
+    test = extract_features(encoder, data.test_images, data.mean, data.std)
+    return knn_top1(
+        bank,
+        torch.from_numpy(data.labels[data.pretrain_idx]),
+        test,
+        torch.from_numpy(data.test_labels),
+        k=trial.eval.knn_k,
+        temperature=trial.eval.knn_temperature,
+        num_classes=data.num_classes,
+    )
 
 
 def test_a_short_pretraining_learns_the_shapes(local_ray, tmp_path):
+    # Measured on seeds 0-3: the kNN monitor stalls near its epoch-0 value for 4-8 epochs,
+    # then climbs; after 16 epochs test kNN was 0.88-0.99 against 0.40-0.65 untrained.
     config = tiny_config(
         data={"num_train": 2048, "num_test": 512},
         augment={
             "ops": ["crop", "flip", "color"],
-            "crop": {"scale": [0.2, 1.0]},
-            "color": {"strength": 0.5},
+            "crop": {"scale": [0.5, 1.0]},
+            "color": {"strength": 1.0},
         },
-        loss={"temperature": 0.2},
+        loss={"temperature": 0.1},
         optim={
             "name": "adamw",
-            "base_lr": 5e-3,
+            "base_lr": 1e-2,
             "lr_scaling": "none",
             "weight_decay": 1e-4,
             "warmup_epochs": 1,
         },
-        train={"epochs": 8, "batch_size": 64, "checkpoint_every": 8},
-        eval={"knn_k": 20, "eval_every": 4, "probe": {"max_iter": 100}},
+        train={"epochs": 16, "batch_size": 64, "checkpoint_every": 16},
+        eval={"knn_k": 20, "eval_every": 8, "probe": {"max_iter": 100}},
     )
     final = run_trial(config, storage_path=str(tmp_path), name="learns")[-1]
 
     assert final["status"] == "completed"
-    assert above_chance(final["test/knn_top1"], 4, 512), final["test/knn_top1"]
-    assert above_chance(final["test/probe_top1"], 4, 512), final["test/probe_top1"]
+    chance = 1 / 4
+    assert above(final["test/knn_top1"], chance, 512), final["test/knn_top1"]
+    assert above(final["test/probe_top1"], chance, 512), final["test/probe_top1"]
+    # Learning, not just a random conv net's features: clearly better than at initialisation.
+    untrained = untrained_test_knn(config)
+    assert above(final["test/knn_top1"], untrained, 512), (final["test/knn_top1"], untrained)
