@@ -389,6 +389,20 @@ def _not_covered(claim: str, source: str, why: str) -> Finding:
     return Finding(claim, source, NOT_COVERED, why)
 
 
+def _scores_by_op_set(rows: Sequence[Row], metric: str) -> dict[frozenset[str], list[float]]:
+    """Finite ``metric`` values of comparable trials with one op or two distinct ops, keyed by
+    the set of ops (both orders of a pair pooled)."""
+    scores: dict[frozenset[str], list[float]] = {}
+    for row in comparable(rows):
+        if row.get("augment.ops") is None or row.get(metric) is None:
+            continue
+        ops = parse_ops(row["augment.ops"])
+        distinct = len(set(ops)) == len(ops)
+        if len(ops) in (1, 2) and distinct and math.isfinite(row[metric]):
+            scores.setdefault(frozenset(ops), []).append(row[metric])
+    return scores
+
+
 def check_crop_color(
     rows: Sequence[Row],
     varying_keys: Sequence[str] = ("augment.ops",),
@@ -398,13 +412,7 @@ def check_crop_color(
     claim, source = "crop+color is the best pair of augmentations", "Figure 5"
     if "augment.ops" not in varying_keys:
         return _not_covered(claim, source, "augment.ops does not vary")
-    pairs: dict[frozenset[str], list[float]] = {}
-    for row in comparable(rows):
-        if row.get("augment.ops") is None or row.get(metric) is None:
-            continue
-        ops = parse_ops(row["augment.ops"])
-        if len(ops) == 2 and ops[0] != ops[1] and math.isfinite(row[metric]):
-            pairs.setdefault(frozenset(ops), []).append(row[metric])
+    pairs = {ops: v for ops, v in _scores_by_op_set(rows, metric).items() if len(ops) == 2}
     target = frozenset(("crop", "color"))
     if target not in pairs or len(pairs) < 2:
         return _not_covered(claim, source, "needs crop+color and another pair of ops")
@@ -419,6 +427,44 @@ def check_crop_color(
         f"(of {len(pairs) - 1} other pairs){_noise_note([ours.mean - other.mean], noise)}"
     )
     return Finding(claim, source, "yes" if ours.mean > other.mean else "no", evidence)
+
+
+def check_composition(
+    rows: Sequence[Row],
+    varying_keys: Sequence[str] = ("augment.ops",),
+    metric: str = RANKING_METRIC,
+) -> Finding:
+    """Figure 5: no single transformation suffices; crop + color beats crop alone and color
+    alone (both orders of the pair pooled)."""
+    claim, source = "crop+color beats each of its ops alone (composition matters)", "Figure 5"
+    if "augment.ops" not in varying_keys:
+        return _not_covered(claim, source, "augment.ops does not vary")
+    scores = _scores_by_op_set(rows, metric)
+    target = frozenset(("crop", "color"))
+    singles = [op for op in ("crop", "color") if frozenset((op,)) in scores]
+    if target not in scores or not singles:
+        return _not_covered(claim, source, "needs crop+color and crop or color alone")
+    stats = {ops: s for ops, values in scores.items() if (s := stat(values)) is not None}
+    ours = stats[target]
+    alone = {op: stats[frozenset((op,))] for op in singles}
+    gaps = [ours.mean - s.mean for s in alone.values()]
+    evidence = f"{metric}: crop+color {ours}; " + "; ".join(
+        f"{op} alone {s}" for op, s in alone.items()
+    )
+
+    def pair_wins(series: list[tuple[Any, Stat]]) -> bool | None:
+        grouped: dict[frozenset[str], list[float]] = {}
+        for ops, s in series:  # both orders of a pair pooled
+            grouped.setdefault(frozenset(parse_ops(ops)), []).append(s.mean)
+        by_ops = {ops: float(np.mean(means)) for ops, means in grouped.items()}
+        rivals = [
+            by_ops[frozenset((op,))] for op in ("crop", "color") if frozenset((op,)) in by_ops
+        ]
+        return all(by_ops[target] > r for r in rivals) if target in by_ops and rivals else None
+
+    evidence += _held_in_settings(rows, varying_keys, "augment.ops", metric, pair_wins)
+    evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
+    return Finding(claim, source, "yes" if all(g > 0 for g in gaps) else "no", evidence)
 
 
 def _ordered(series: list[tuple[Any, Stat]], order: Sequence[Any]) -> bool | None:
@@ -496,6 +542,7 @@ def check_findings(
     """The paper's qualitative findings, each yes / no / not covered, on a results table."""
     return [
         check_crop_color(rows, varying_keys, metric),
+        check_composition(rows, varying_keys, metric),
         check_head_order(rows, varying_keys, metric),
         check_batch_size(rows, varying_keys, metric),
     ]

@@ -15,6 +15,7 @@ from ablate.report import (
     augmentation_matrix,
     build_report,
     check_batch_size,
+    check_composition,
     check_crop_color,
     check_findings,
     check_head_order,
@@ -252,6 +253,32 @@ def test_crop_color_finding():
     assert check_crop_color(single).verdict == NOT_COVERED
 
 
+def test_composition_finding():
+    ops_scores = [("crop+color", 0.9), ("color+crop", 0.8), ("crop", 0.3), ("color", 0.84)]
+    yes = [row(score=s, **{"augment.ops": ops}) for ops, s in ops_scores]
+    finding = check_composition(yes)
+    assert finding.verdict == "yes", finding
+    assert "crop+color 0.8500" in finding.evidence  # both orders pooled
+    assert "crop alone 0.3000" in finding.evidence and "color alone 0.8400" in finding.evidence
+    no = [*yes, row(score=0.88, **{"augment.ops": "color"})]  # color alone now 0.86: not beaten
+    assert check_composition(no).verdict == "no"
+    # A pair of other ops, or crop+color with no single op to compare with: not covered.
+    other = [
+        row(score=0.9, **{"augment.ops": "crop+color"}),
+        row(score=0.5, **{"augment.ops": "blur"}),
+    ]
+    assert check_composition(other).verdict == NOT_COVERED
+    assert check_composition(yes, varying_keys=["model.head"]).verdict == NOT_COVERED
+    # Checked at each value of the other varying keys too.
+    by_head = [
+        row(score=s, **{"augment.ops": ops, "model.head": head})
+        for head, scores in (("linear", (0.9, 0.3, 0.8)), ("nonlinear", (0.7, 0.3, 0.8)))
+        for ops, s in zip(("crop+color", "crop", "color"), scores, strict=True)
+    ]
+    finding = check_composition(by_head, ["augment.ops", "model.head"])
+    assert "holds in 1 of 2 settings of model.head" in finding.evidence, finding.evidence
+
+
 def test_head_order_finding():
     keys = ["model.head", "model.out_dim"]
     yes = [
@@ -306,7 +333,7 @@ def test_batch_size_finding():
     fixed = [row(score=0.1 * i, **{"train.batch_size": b}) for i, b in enumerate((64, 256))]
     assert check_batch_size(fixed, ["train.batch_size"]).verdict == "yes"
     verdicts = [f.verdict for f in check_findings(fixed, ["train.batch_size"])]
-    assert verdicts == [NOT_COVERED, NOT_COVERED, "yes"]
+    assert verdicts == [NOT_COVERED, NOT_COVERED, NOT_COVERED, "yes"]
 
 
 def test_choose_figures_from_varying_keys():

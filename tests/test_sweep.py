@@ -315,6 +315,9 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path):
         "space.model.head={grid: [nonlinear]}",
         "space.data.num_classes={grid: [2, 8]}",
         "algorithm.max_concurrent_trials=1",
+        "scheduler.name=asha",
+        "scheduler.grace_period=1",
+        "scheduler.reduction_factor=2",
     ]
     rows = run_sweep(QUICKSTART, overrides=overrides)
 
