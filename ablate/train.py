@@ -10,9 +10,10 @@ GPU), and reports once per epoch through ``ray.train.report``:
     wall_seconds, overhead_seconds, restored_epoch,
     status ("running" | "completed" | "diverged"), reason
 
-The last epoch adds the offline linear probe and kNN on the validation and test splits
-(``val/probe_top1``, ``val/probe_top5``, ``test/probe_top1``, ``test/probe_top5``,
-``val/knn_top1``, ``test/knn_top1``; ``*/semi_top1`` when semi-supervised fine-tuning is on).
+The last epoch (and each of ``eval.probe.epochs``) adds the offline linear probe, kNN and the
+online probe on the validation and test splits (``val/probe_top1``, ``val/probe_top5``,
+``test/probe_top1``, ``test/probe_top5``, ``test/knn_top1``, ``test/online_top1``;
+``*/semi_top1`` when semi-supervised fine-tuning is on), reported at that epoch only.
 Ranking and early stopping use ``val/knn_top1``: it is comparable across batch sizes and
 temperatures, unlike the contrastive loss, and it never touches the test split.
 """
@@ -35,6 +36,8 @@ from ablate.config import TrialConfig
 #: Rows of the report that are not metrics (strings); every other key is a number.
 TEXT_KEYS = ("status", "reason")
 CHECKPOINT_FILE = "state.pt"
+#: Monitors reported at every epoch, carried from their latest evaluation (``eval_every``).
+CARRIED_METRICS = ("val/knn_top1", "val/online_top1")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -294,7 +297,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     online = probe.OnlineProbe(feat_dim, trial_data.num_classes, config.eval.online_probe_lr)
     online.to(device)
 
-    start_epoch, best = 0, {"val/knn_top1": float("nan")}
+    start_epoch, carried = 0, {"val/knn_top1": float("nan")}
     history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -308,7 +311,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         online.load_state_dict(state["online_probe"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
-        best["val/knn_top1"] = float(state["knn_top1"])
+        carried.update({k: float(v) for k, v in state["carried_metrics"].items()})
         history = list(state["history"])
     resumed = checkpoint is not None
     restored_epoch = start_epoch
@@ -402,7 +405,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
             "reason": "",
         }
         if diverged_reason:
-            metrics.update(best, status="diverged", reason=diverged_reason)
+            metrics.update(carried, status="diverged", reason=diverged_reason)
             metrics["wall_seconds"] = time.time() - wall_start
             history.append(metrics)
             ray.train.report(metrics)
@@ -410,12 +413,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
 
         last = epoch == config.train.epochs
         probe_now = last or epoch in config.eval.probe.epochs
+        probe_results: dict[str, float] = {}
         if rank == 0 and probe_now:
             # Extracts the features once for the probe and the kNN monitor alike.
-            best.update(final_evaluation(model, online, trial_data, config, device, amp_dtype))
+            probe_results = final_evaluation(model, online, trial_data, config, device, amp_dtype)
+            carried.update({k: v for k, v in probe_results.items() if k in CARRIED_METRICS})
         elif rank == 0 and epoch % config.eval.eval_every == 0:
-            best.update(evaluate_knn())
-        metrics.update(best)
+            carried.update(evaluate_knn())
+        metrics.update(carried)
+        metrics.update(probe_results)  # only at the epoch it was measured
         if last:
             metrics["status"] = "completed"
         metrics["wall_seconds"] = time.time() - wall_start
@@ -434,7 +440,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
                             "online_probe": online.state_dict(),
                             "torch_rng": torch.get_rng_state(),
                             "epoch": epoch,
-                            "knn_top1": best.get("val/knn_top1", float("nan")),
+                            "carried_metrics": dict(carried),
                             "history": history,
                         },
                         os.path.join(directory, CHECKPOINT_FILE),

@@ -61,10 +61,12 @@ def local_ray():
 
 
 def test_one_worker_reports_every_metric(local_ray, tmp_path):
-    config = tiny_config()
+    config = tiny_config(eval={"knn_k": 20, "probe": {"max_iter": 50, "epochs": [1]}})
     history = run_trial(config, storage_path=str(tmp_path), name="one")
 
     assert [row["epoch"] for row in history] == [1, 2, 3]
+    # The probe runs at epoch 1 (asked for) and at the end; its results are not carried on.
+    assert [bool(row.keys() & FINAL_KEYS) for row in history] == [True, False, True]
     for row in history:
         assert row.keys() >= PER_EPOCH_KEYS, PER_EPOCH_KEYS - row.keys()
         assert math.isfinite(row["train/loss"]) and row["train/images_per_sec"] > 0
