@@ -338,6 +338,12 @@ class RayHead:
                     str(self.dashboard_port),
                     "--ray-client-server-port",
                     str(free_port()),
+                    # Fixed by default (52365): taken by any other Ray on this machine, which
+                    # leaves the head without a job agent ("No available agent to submit job").
+                    "--dashboard-agent-listen-port",
+                    str(free_port()),
+                    "--metrics-export-port",
+                    str(free_port()),
                     "--num-cpus",
                     str(self.num_cpus),
                     "--temp-dir",

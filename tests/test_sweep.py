@@ -40,6 +40,7 @@ SMALL = [
     "train.steps_per_epoch=3",
     "train.epochs=3",
     "eval.knn_k=10",
+    "eval.eval_every=1",
     "eval.probe.max_iter=10",
     "tracking.enabled=false",
 ]
