@@ -4,8 +4,9 @@ The epoch side runs the training loop's own step, ``ablate.train.pretraining_ste
 drawn the way a worker draws them: uint8 rows of the decoded dataset to a tensor, the two-view
 augmentation, encoder + head + NT-Xent forward, the finiteness check, backward, LARS step,
 schedule, online probe, contrastive top-1. The bound runs only forward + backward + step of
-the same encoder, head and loss on views already in memory. Both sides alternate, repeated,
-and each reports its median. Target: ratio >= 0.9 (everything but the model under 10%).
+the same encoder, head and loss on views already in memory. The two sides alternate step by
+step; each repeat sums ``--steps`` steps per side, and each side reports its median over the
+repeats. Target: ratio >= 0.9 (everything but the model under 10%).
 
     python benchmarks/train_throughput.py [--steps 4] [--repeats 5] [--width 16] [--batch 256]
 
@@ -93,38 +94,42 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def epoch_side() -> float:
+    def epoch_step() -> float:
+        """Seconds of one step of the training loop."""
         sync()
         start = time.perf_counter()
-        for _ in range(args.steps):
-            rows_ = np.sort(rng.choice(len(images), args.batch, replace=False))
-            result = pretraining_step(
-                epoch_parts,
-                to_device_batch(images, rows_, device, True),
-                generator,
-                online,
-                torch.from_numpy(labels[rows_]).to(device),
-            )
-            assert result.finite
-        result.loss.item()  # the loop reads the sums once per epoch
+        rows_ = np.sort(rng.choice(len(images), args.batch, replace=False))
+        result = pretraining_step(
+            epoch_parts,
+            to_device_batch(images, rows_, device, True),
+            generator,
+            online,
+            torch.from_numpy(labels[rows_]).to(device),
+        )
+        assert result.finite
         sync()
-        return args.steps * args.batch / (time.perf_counter() - start)
+        return time.perf_counter() - start
 
-    def bound_side() -> float:
+    def bound_step() -> float:
+        """Seconds of forward + backward + step on views already in memory."""
         sync()
         start = time.perf_counter()
-        for _ in range(args.steps):
-            _, _, _, loss = contrastive_forward(bound_parts, *fixed)
-            optimizer_step(bound_parts, loss)
-            loss.item()
+        _, _, _, loss = contrastive_forward(bound_parts, *fixed)
+        optimizer_step(bound_parts, loss)
+        loss.item()
         sync()
-        return args.steps * args.batch / (time.perf_counter() - start)
+        return time.perf_counter() - start
 
-    epoch_side(), bound_side()  # warm-up: allocator, kernels, first-touch of the data
+    epoch_step(), bound_step()  # warm-up: allocator, kernels, first-touch of the data
+    # The sides alternate step by step, so a change in machine load hits both alike.
     epochs, bounds = [], []
     for repeat in range(args.repeats):
-        epochs.append(epoch_side())
-        bounds.append(bound_side())
+        epoch_seconds = bound_seconds = 0.0
+        for _ in range(args.steps):
+            epoch_seconds += epoch_step()
+            bound_seconds += bound_step()
+        epochs.append(args.steps * args.batch / epoch_seconds)
+        bounds.append(args.steps * args.batch / bound_seconds)
         print(f"repeat {repeat + 1}: epoch {epochs[-1]:8.1f} img/s   bound {bounds[-1]:8.1f} img/s")
     epoch_ips, bound_ips = statistics.median(epochs), statistics.median(bounds)
     ratio = epoch_ips / bound_ips
