@@ -887,6 +887,63 @@ def best_configurations(
     return out
 
 
+def stopped_while_improving(
+    results: SweepResults, metric: str
+) -> list[tuple[Row, int, float, float | None]]:
+    """Stopped trials whose ``metric`` (an accuracy: higher is better) rose at their last
+    evaluation: ``(row, stop epoch, last gain, best completed value at that epoch)``.
+
+    Early rungs favour fast starters; a trial still climbing when it was stopped may have been
+    a slow starter rather than a weak configuration.
+    """
+    completed_at: dict[int, list[float]] = {}
+    for row in results.rows:
+        if row["status"] == "completed":
+            for epoch, value in results.histories.get(row["run_id"], []):
+                completed_at.setdefault(epoch, []).append(value)
+    found = []
+    for row in results.rows:
+        points = results.histories.get(row["run_id"]) or []
+        if row["status"] != "stopped" or len(points) < 2:
+            continue
+        (_, before), (epoch, last) = points[-2], points[-1]
+        if last > before:
+            leaders = completed_at.get(epoch)
+            found.append((row, epoch, last - before, max(leaders) if leaders else None))
+    return found
+
+
+def _early_stopping_lines(results: SweepResults, metric: str) -> list[str]:
+    stopped = [r for r in results.rows if r["status"] == "stopped"]
+    climbing = stopped_while_improving(results, metric)
+    if not stopped:
+        return []
+    lines = [
+        "",
+        "## Early stopping",
+        "",
+        f"Stopped early: {len(stopped)} trials; still improving at their last evaluation "
+        f"(`{metric}` rose): {len(climbing)}.",
+    ]
+    if climbing:
+        lines += [
+            "Early rungs favour fast starters: a configuration that learns slowly at first (as "
+            "crop + colour does at small scale) can be stopped before it overtakes. Compare the "
+            "learning curves, or raise `scheduler.grace_period`.",
+            "",
+            f"| run | stopped at epoch | `{metric}` | last gain | best completed trial then |",
+            "|---|---|---|---|---|",
+        ]
+        for row, epoch, gain, leader in climbing:
+            value = dict(results.histories[row["run_id"]])[epoch]
+            leader_text = f"{leader:.4f}" if leader is not None else "-"
+            lines.append(
+                f"| {_cell(row['run_name'])} | {epoch} | {value:.4f} | +{gain:.4f} | "
+                f"{leader_text} |"
+            )
+    return lines
+
+
 def summary_markdown(
     results: SweepResults, findings: Sequence[Finding], figures: Sequence[Path], metric: str
 ) -> str:
@@ -923,6 +980,7 @@ def summary_markdown(
     lines += ["| finding | paper | verdict | evidence |", "|---|---|---|---|"]
     for f in findings:
         lines.append(f"| {f.claim} | {f.source} | **{f.verdict}** | {f.evidence} |")
+    lines += _early_stopping_lines(results, metric)
     others = [r for r in rows if r["status"] != "completed"]
     if others:
         lines += ["", "## Trials that did not complete", "", "| run | status | detail |"]

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from ablate.config import resolve, set_dotted
 from ablate.report import (
     NOT_COVERED,
+    SweepResults,
     augmentation_matrix,
     build_report,
     check_batch_size,
@@ -23,6 +24,8 @@ from ablate.report import (
     plot_generic,
     plot_temperature,
     replicate_std,
+    stopped_while_improving,
+    summary_markdown,
     write_results_table,
 )
 from ablate.tracking import SweepTracker, default_tracking_uri, trial_outcome
@@ -385,3 +388,34 @@ def test_results_table_widens_mixed_numbers(tmp_path):
     table = write_results_table(rows, tmp_path / "t.parquet", {"k": "v"})
     assert str(table.schema.field("optim.base_lr").type) == "double"
     assert pq.read_table(tmp_path / "t.parquet").column("x").to_pylist() == ["a", "3", None]
+
+
+def test_stopped_trials_still_improving_are_flagged():
+    def trial(name: str, status: str) -> dict:
+        return {"run_id": name, "run_name": name, "status": status, "status_detail": ""}
+
+    rows = [
+        trial("leader", "completed"),
+        trial("climbing", "stopped"),  # rose from 0.35 to 0.47 when stopped at epoch 4
+        trial("falling", "stopped"),
+        trial("one_point", "stopped"),  # a single evaluation: no trend
+    ]
+    histories = {
+        "leader": [(2, 0.77), (4, 0.85), (6, 0.88)],
+        "climbing": [(2, 0.35), (4, 0.47)],
+        "falling": [(2, 0.40), (4, 0.30)],
+        "one_point": [(2, 0.50)],
+    }
+    results = SweepResults("e", "1", "p", rows, ["augment.ops"], histories)
+
+    found = stopped_while_improving(results, "val/knn_top1")
+    assert [(row["run_name"], epoch) for row, epoch, _, _ in found] == [("climbing", 4)]
+    _, _, gain, leader = found[0]
+    assert gain == pytest.approx(0.12) and leader == pytest.approx(0.85)
+    text = summary_markdown(results, [], [], "val/knn_top1")
+    assert "Stopped early: 3 trials; still improving at their last evaluation" in text
+    assert "(`val/knn_top1` rose): 1." in text
+    assert "| climbing | 4 | 0.4700 | +0.1200 | 0.8500 |" in text
+    # Nothing stopped: no early-stopping section at all.
+    completed = SweepResults("e", "1", "p", rows[:1], ["augment.ops"], histories)
+    assert "## Early stopping" not in summary_markdown(completed, [], [], "val/knn_top1")
