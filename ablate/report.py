@@ -918,18 +918,24 @@ def _early_stopping_lines(results: SweepResults, metric: str) -> list[str]:
     climbing = stopped_while_improving(results, metric)
     if not stopped:
         return []
+    first_only = [r for r in stopped if len(results.histories.get(r["run_id"]) or []) < 2]
     lines = [
         "",
         "## Early stopping",
         "",
-        f"Stopped early: {len(stopped)} trials; still improving at their last evaluation "
-        f"(`{metric}` rose): {len(climbing)}.",
+        f"Trials stopped early: {len(stopped)}. Still improving at their last evaluation "
+        f"(`{metric}` rose): {len(climbing)}. Stopped at their first evaluation, before any "
+        f"trend showed: {len(first_only)}.",
     ]
-    if climbing:
+    if climbing or first_only:
         lines += [
+            "",
             "Early rungs favour fast starters: a configuration that learns slowly at first (as "
             "crop + colour does at small scale) can be stopped before it overtakes. Compare the "
             "learning curves, or raise `scheduler.grace_period`.",
+        ]
+    if climbing:
+        lines += [
             "",
             f"| run | stopped at epoch | `{metric}` | last gain | best completed trial then |",
             "|---|---|---|---|---|",

@@ -413,8 +413,9 @@ def test_stopped_trials_still_improving_are_flagged():
     _, _, gain, leader = found[0]
     assert gain == pytest.approx(0.12) and leader == pytest.approx(0.85)
     text = summary_markdown(results, [], [], "val/knn_top1")
-    assert "Stopped early: 3 trials; still improving at their last evaluation" in text
-    assert "(`val/knn_top1` rose): 1." in text
+    assert "Trials stopped early: 3. Still improving at their last evaluation" in text
+    assert "(`val/knn_top1` rose): 1. Stopped at their first evaluation" in text
+    assert "before any trend showed: 1." in text and "raise `scheduler.grace_period`" in text
     assert "| climbing | 4 | 0.4700 | +0.1200 | 0.8500 |" in text
     # Nothing stopped: no early-stopping section at all.
     completed = SweepResults("e", "1", "p", rows[:1], ["augment.ops"], histories)
