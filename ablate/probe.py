@@ -366,12 +366,17 @@ class OnlineProbe(nn.Module):
 
     @torch.no_grad()
     def accuracy(self, h: torch.Tensor, labels: torch.Tensor) -> float:
-        """Top-1 accuracy on (h, labels) in eval mode; the previous mode is restored."""
+        """Top-1 accuracy on (h, labels) in eval mode; the previous mode is restored.
+
+        ``h`` may live on any device (e.g. features cached on the CPU): it is moved to the
+        probe's.
+        """
+        h = h.detach().to(self.linear.weight.device)
         was_training = self.training
         self.eval()
         try:
             with torch.autocast(h.device.type, enabled=False):
-                logits = self(h.detach())
+                logits = self(h)
         finally:
             self.train(was_training)
         return topk_accuracy(logits, labels.to(logits.device).long(), 1)

@@ -339,22 +339,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
             channels_last=channels_last,
             autocast_dtype=amp_dtype,
         )
-        bank_feats, val_feats = feats[: len(bank)], feats[len(bank) :]
-        val_labels = torch.from_numpy(trial_data.labels[trial_data.val_idx])
-        result = {
-            "val/knn_top1": probe.knn_top1(
-                bank_feats,
-                torch.from_numpy(trial_data.labels[bank]),
-                val_feats,
-                val_labels,
-                k=config.eval.knn_k,
-                temperature=config.eval.knn_temperature,
-                num_classes=trial_data.num_classes,
-            )
-        }
-        if config.eval.online_probe:
-            result["val/online_top1"] = online.accuracy(val_feats.to(device), val_labels.to(device))
-        return result
+        return monitor_metrics(
+            "val",
+            feats[: len(bank)],
+            torch.from_numpy(trial_data.labels[bank]),
+            feats[len(bank) :],
+            torch.from_numpy(trial_data.labels[trial_data.val_idx]),
+            online,
+            config,
+            trial_data.num_classes,
+        )
 
     for epoch in range(start_epoch + 1, config.train.epochs + 1):
         _unwrap(model).train()
@@ -503,6 +497,36 @@ def _shard(n: int, rank: int, world_size: int, epoch: int, config: TrialConfig) 
     return np.asarray(shard_indices(n, rank, world_size, epoch, config.train.seed))
 
 
+def monitor_metrics(
+    split: str,
+    bank_feats: torch.Tensor,
+    bank_labels: torch.Tensor,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    online: Any,
+    config: TrialConfig,
+    num_classes: int,
+) -> dict[str, float]:
+    """``<split>/knn_top1`` (weighted kNN against the pretraining bank) and, when enabled,
+    ``<split>/online_top1`` of the online probe. Features (N, F) on the CPU, labels (N,)."""
+    from ablate import probe
+
+    results = {
+        f"{split}/knn_top1": probe.knn_top1(
+            bank_feats,
+            bank_labels,
+            feats,
+            labels,
+            k=config.eval.knn_k,
+            temperature=config.eval.knn_temperature,
+            num_classes=num_classes,
+        )
+    }
+    if config.eval.online_probe:
+        results[f"{split}/online_top1"] = online.accuracy(feats, labels)
+    return results
+
+
 def final_evaluation(
     model: torch.nn.Module,
     online: Any,
@@ -543,17 +567,18 @@ def final_evaluation(
         seed=config.train.seed,
     )
     for split, feats, labels in (("val", val_feats, val_labels), ("test", test_feats, test_labels)):
-        results[f"{split}/knn_top1"] = probe.knn_top1(
-            train_feats,
-            train_labels,
-            feats,
-            labels,
-            k=config.eval.knn_k,
-            temperature=config.eval.knn_temperature,
-            num_classes=trial_data.num_classes,
+        results.update(
+            monitor_metrics(
+                split,
+                train_feats,
+                train_labels,
+                feats,
+                labels,
+                online,
+                config,
+                trial_data.num_classes,
+            )
         )
-        if config.eval.online_probe:
-            results[f"{split}/online_top1"] = online.accuracy(feats.to(device), labels.to(device))
     semi = config.eval.semi_supervised
     if semi.enabled and config.data.labelled_fraction:
         from ablate.data import labelled_subset
