@@ -228,6 +228,15 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = Non
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
+def spawn_logged(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start ``args`` in a session of its own (so its processes can be found and stopped by
+    PID), with stdout and stderr written to ``log_path``."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 with a SQLite store and artifacts under ``root``.
 
@@ -244,27 +253,21 @@ class MlflowServer:
 
     def start(self) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(BIN / "mlflow"),
-                    "server",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    "1",
-                    "--backend-store-uri",
-                    f"sqlite:///{self.root / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    str(self.root / "artifacts"),
-                ],
-                env=child_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        args = [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
+        self.process = spawn_logged(args, child_env(), self.log_path)
         return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
@@ -321,40 +324,36 @@ class RayHead:
         # What `ray get-auth-token --generate` writes, in a file of this head's own.
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(BIN / "ray"),
-                    "start",
-                    "--head",
-                    "--block",
-                    "--node-ip-address",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--dashboard-host",
-                    "127.0.0.1",
-                    "--dashboard-port",
-                    str(self.dashboard_port),
-                    "--ray-client-server-port",
-                    str(free_port()),
-                    # Fixed by default (52365): taken by any other Ray on this machine, which
-                    # leaves the head without a job agent ("No available agent to submit job").
-                    "--dashboard-agent-listen-port",
-                    str(free_port()),
-                    "--metrics-export-port",
-                    str(free_port()),
-                    "--num-cpus",
-                    str(self.num_cpus),
-                    "--temp-dir",
-                    self.temp_dir,
-                    "--disable-usage-stats",
-                ],
-                env=self.env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        args = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+            # Fixed by default (52365): taken by any other Ray on this machine, which
+            # leaves the head without a job agent ("No available agent to submit job").
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--num-cpus",
+            str(self.num_cpus),
+            "--temp-dir",
+            self.temp_dir,
+            "--disable-usage-stats",
+        ]
+        self.process = spawn_logged(
+            args, self.env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"), self.log_path
+        )
         return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:

@@ -124,9 +124,9 @@ def test_examples_and_tests_bind_servers_to_loopback():
         assert address and address.group(1) in ("127.0.0.1", "<head-private-ip>"), command
     # Servers the tests start: loopback addresses only.
     servers = (REPO / "tests" / "local_servers.py").read_text()
-    assert '"--host",\n                    "127.0.0.1"' in servers
-    assert '"--node-ip-address",\n                    "127.0.0.1"' in servers
-    assert '"--dashboard-host",\n                    "127.0.0.1"' in servers
+    assert '"--host",\n            "127.0.0.1"' in servers
+    assert '"--node-ip-address",\n            "127.0.0.1"' in servers
+    assert '"--dashboard-host",\n            "127.0.0.1"' in servers
 
 
 @pytest.mark.slow
