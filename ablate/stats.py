@@ -66,8 +66,8 @@ def describe(values: Iterable[float | None], confidence: float = CONFIDENCE) -> 
     if len(data) == 1:
         return GroupStats(mean, None, 1)
     std = float(np.std(data, ddof=1))
-    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(data) - 1)) * std / math.sqrt(
-        len(data)
+    half = (
+        float(scipy_stats.t.ppf(0.5 + confidence / 2, len(data) - 1)) * std / math.sqrt(len(data))
     )
     return GroupStats(mean, std, len(data), mean - half, mean + half)
 
