@@ -12,12 +12,15 @@ come last, in their given order.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import stats as scipy_stats
+from scipy.special import gammaln
+
+from ablate.vocabulary import COMPARABLE_STATUSES
 
 K = TypeVar("K", bound=Hashable)
 
@@ -81,3 +84,526 @@ def rank(groups: Mapping[K, GroupStats | None], mode: str) -> list[K]:
     measured = [k for k, s in groups.items() if s is not None]
     unmeasured = [k for k, s in groups.items() if s is None]
     return sorted(measured, key=lambda k: sign * groups[k].mean) + unmeasured
+
+
+# ----------------------------------------------------------------------------- comparisons
+#
+# Input shape used below. A *table* maps a configuration key (any hashable: a tuple of varying
+# values, an op string) to its *samples*: ``{pairing id: value}``, the pairing id being the
+# trial's ``train.seed`` (or replicate index). Replicate r of every configuration runs with
+# the same seed, data split and augmentation stream, so the values of A and B at one pairing
+# id form a pair. ``samples_by_config`` builds a table from the results table's row dicts.
+
+#: Level of every test and of the "tied for best" set unless a caller says otherwise.
+ALPHA = 0.05
+#: Power at which ``seeds_needed`` sizes an undecided comparison.
+POWER = 0.8
+#: Largest number of pairs whose 2^n sign flips are enumerated exactly.
+EXACT_PERMUTATION_MAX_N = 16
+
+Samples = Mapping[Hashable, float]
+
+
+def _hashable(value: Any) -> Hashable:
+    """A table cell as a dict key: lists (op lists, JSON arrays) become tuples."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def samples_by_config(
+    rows: Iterable[Mapping[str, Any]],
+    keys: Sequence[str],
+    metric: str,
+    pair_by: str = "seed",
+    statuses: Collection[str] | None = COMPARABLE_STATUSES,
+) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
+    """The table ``{(value of each of keys): {pairing id: metric}}`` of the results rows.
+
+    ``rows``: row dicts of the results table (``report.run_row``), each with the ``keys``, the
+    ``metric``, ``status`` and the ``pair_by`` field (``"seed"``, else ``"replicate"``).
+    Rows whose ``status`` is not in ``statuses`` (None: keep all) or whose metric is missing
+    or not finite are left out. Values of one configuration that share a pairing id (e.g.
+    ``keys`` a subset of the varying keys, or both orders of an op pair) are averaged: the
+    seed is the unit of replication, so the pair is formed on the per-seed mean. Raises
+    KeyError naming the row when a row has no ``pair_by`` field.
+    """
+    pooled: dict[tuple[Hashable, ...], dict[Hashable, list[float]]] = {}
+    for index, row in enumerate(rows):
+        if statuses is not None and row.get("status") not in statuses:
+            continue
+        value = row.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        if row.get(pair_by) is None:
+            raise KeyError(f"results row {index} has no {pair_by!r} to pair replicates by")
+        config = tuple(_hashable(row.get(k)) for k in keys)
+        pooled.setdefault(config, {}).setdefault(row[pair_by], []).append(float(value))
+    return {
+        config: {pid: float(np.mean(vals)) for pid, vals in by_id.items()}
+        for config, by_id in pooled.items()
+    }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Configuration A against B on one metric: ``diff`` = mean(A) - mean(B), in the metric's
+    units.
+
+    ``test``: ``"paired t"`` (pairs by seed), ``"Welch t"`` (seeds did not match: unpaired,
+    see ``compare``) or ``"none"`` (fewer than two pairs/values per side: untestable, p and
+    the interval are None). ``p`` is the reported two-sided p of ``test``; ``p_permutation``
+    the exact sign-flip permutation p of the paired differences (a distribution-free check,
+    None when unpaired); ``effect_size`` Hedges-corrected d_z (paired: mean diff / sd of the
+    diffs) or Hedges' g (Welch); ``n`` pairs (paired) or the smaller group (Welch);
+    ``n_a``/``n_b`` the values of each side. ``p_adjusted`` and ``family_size`` are set when
+    the comparison is part of a Holm family (``holm_family``).
+    """
+
+    diff: float
+    ci_low: float | None
+    ci_high: float | None
+    p: float | None
+    p_permutation: float | None
+    effect_size: float | None
+    n: int
+    n_a: int
+    n_b: int
+    test: str
+    p_adjusted: float | None = None
+    family_size: int = 1
+
+    @property
+    def paired(self) -> bool:
+        return self.test == "paired t"
+
+    @property
+    def testable(self) -> bool:
+        return self.p is not None
+
+    @property
+    def p_reported(self) -> float | None:
+        """The p a verdict uses: Holm-adjusted within its family when set, else ``p``."""
+        return self.p_adjusted if self.p_adjusted is not None else self.p
+
+
+def _hedges_factor(df: float) -> float:
+    """Hedges' small-sample bias correction J(df) = Γ(df/2) / (√(df/2) Γ((df-1)/2))
+    (Hedges 1981), computed with ``scipy.special.gammaln``."""
+    return math.exp(gammaln(df / 2) - gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+
+
+def _sign_flip_p(diffs: np.ndarray) -> float:
+    """Two-sided sign-flip permutation p of mean(diffs) (``scipy.stats.permutation_test``,
+    ``permutation_type='samples'`` on one sample flips signs): exact over all 2^n flips for
+    n <= ``EXACT_PERMUTATION_MAX_N``, else 9999 seeded random flips. Its smallest value is
+    2 / 2^n (0.0625 at n = 5)."""
+    exact = len(diffs) <= EXACT_PERMUTATION_MAX_N
+    result = scipy_stats.permutation_test(
+        (diffs,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=np.inf if exact else 9999,
+        vectorized=True,
+        axis=-1,
+        random_state=np.random.default_rng(0),
+    )
+    return float(result.pvalue)
+
+
+def compare(
+    a: Samples, b: Samples, confidence: float = CONFIDENCE, min_pairs: int = 2
+) -> Comparison:
+    """A against B, paired by seed: ``diff`` = mean over pairs of a[s] - b[s].
+
+    ``a``, ``b``: ``{pairing id: value}`` (non-finite values dropped). With at least
+    ``min_pairs`` common pairing ids the comparison uses those pairs only:
+
+    - interval: Student's t interval of the mean difference (``scipy.stats.ttest_rel``),
+      n - 1 degrees of freedom;
+    - reported p: the paired t-test (``scipy.stats.ttest_rel``, two-sided). It is the one
+      reported because sweeps run 2-5 seeds, and there the exact sign-flip permutation test
+      cannot reach 0.05 at all (its smallest two-sided p is 2 / 2^n: 0.5, 0.25, 0.125, 0.0625
+      for n = 2..5); the t-test assumes roughly normal seed noise of the differences, which
+      ``p_permutation`` (exact sign flips, no distributional assumption) lets a reader check;
+    - effect size: d_z = mean diff / sd of diffs with Hedges' correction J(n - 1).
+
+    Without enough common seeds (e.g. ``train.seed`` itself varies, or failed replicates) it
+    falls back to Welch's unpaired t (``scipy.stats.ttest_ind(equal_var=False)``; interval
+    with the Welch-Satterthwaite degrees of freedom; Hedges' g on the pooled sd) when each
+    side has two values, flagged by ``test == "Welch t"``; else it is untestable
+    (``test == "none"``, diff of the means or of the one pair, no p).
+
+    Zero spread of the differences: the interval collapses to the difference and p is 1
+    when it is 0, else 0 (no seed varies it); the effect size is then None.
+    """
+    a = {k: float(v) for k, v in a.items() if v is not None and math.isfinite(float(v))}
+    b = {k: float(v) for k, v in b.items() if v is not None and math.isfinite(float(v))}
+    if not a or not b:
+        raise ValueError(f"compare needs values on both sides, got {len(a)} and {len(b)}")
+    common = [k for k in a if k in b]
+    if len(common) >= max(min_pairs, 2):
+        diffs = np.array([a[k] - b[k] for k in common])
+        n, diff = len(diffs), float(np.mean(diffs))
+        sd = float(np.std(diffs, ddof=1))
+        if sd == 0.0:
+            p = 1.0 if diff == 0.0 else 0.0
+            return Comparison(diff, diff, diff, p, p, None, n, len(a), len(b), "paired t")
+        result = scipy_stats.ttest_rel([a[k] for k in common], [b[k] for k in common])
+        ci = result.confidence_interval(confidence)
+        d_z = diff / sd * _hedges_factor(n - 1)
+        return Comparison(
+            diff,
+            float(ci.low),
+            float(ci.high),
+            float(result.pvalue),
+            _sign_flip_p(diffs),
+            d_z,
+            n,
+            len(a),
+            len(b),
+            "paired t",
+        )
+    xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+    diff = float(np.mean(xa) - np.mean(xb))
+    if len(xa) < 2 or len(xb) < 2:
+        if len(common) == 1:  # one shared seed: report that pair's difference
+            diff = a[common[0]] - b[common[0]]
+        return Comparison(diff, None, None, None, None, None, min(len(xa), len(xb)),
+                          len(xa), len(xb), "none")  # fmt: skip
+    va, vb = np.var(xa, ddof=1) / len(xa), np.var(xb, ddof=1) / len(xb)
+    n = min(len(xa), len(xb))
+    if va + vb == 0.0:
+        p = 1.0 if diff == 0.0 else 0.0
+        return Comparison(diff, diff, diff, p, None, None, n, len(xa), len(xb), "Welch t")
+    df = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
+    p = float(scipy_stats.ttest_ind(xa, xb, equal_var=False).pvalue)
+    dof = len(xa) + len(xb) - 2
+    pooled = math.sqrt(
+        ((len(xa) - 1) * np.var(xa, ddof=1) + (len(xb) - 1) * np.var(xb, ddof=1)) / dof
+    )
+    g = diff / pooled * _hedges_factor(dof) if pooled > 0 else None
+    return Comparison(diff, diff - half, diff + half, p, None, g, n, len(xa), len(xb), "Welch t")
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order; None stays None
+    and does not count towards the family size m.
+
+    Sorted ascending p_(1) <= ... <= p_(m): adjusted p_(i) = max over j <= i of
+    min(1, (m - j + 1) p_(j)). Rejecting where adjusted p < alpha controls the family-wise
+    error rate at alpha. (``scipy.stats.false_discovery_control`` is Benjamini-Hochberg, a
+    different error rate.)
+    """
+    present = [(p, i) for i, p in enumerate(pvalues) if p is not None]
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank_, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank_) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_family(comparisons: Mapping[K, Comparison]) -> dict[K, Comparison]:
+    """The ``comparisons`` (one family) with ``p_adjusted`` (Holm) and ``family_size`` set;
+    untestable ones keep ``p_adjusted`` None and do not count towards the family size."""
+    keys = list(comparisons)
+    adjusted = holm([comparisons[k].p for k in keys])
+    size = sum(p is not None for p in adjusted)
+    return {
+        k: replace(comparisons[k], p_adjusted=adj, family_size=max(size, 1))
+        for k, adj in zip(keys, adjusted, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class BestFamily:
+    """Every configuration against the best, one Holm family.
+
+    ``best``: the best configuration by mean (``rank``); ``comparisons``: {other config:
+    Comparison of other - best}; ``tied``: the best and every configuration whose Holm-adjusted
+    p is >= ``alpha`` or that is untestable -- the set not distinguishable from the best;
+    ``untestable``: the tied configurations with no test (one replicate); ``alpha``.
+    """
+
+    best: Hashable
+    comparisons: dict[Hashable, Comparison]
+    tied: frozenset
+    untestable: frozenset
+    alpha: float
+
+
+def versus_best(
+    table: Mapping[K, Samples], mode: str, alpha: float = ALPHA, confidence: float = CONFIDENCE
+) -> BestFamily:
+    """Compare every configuration of ``table`` (``{config: {pairing id: value}}``) with the
+    best one (highest mean for ``mode="max"``, lowest for ``"min"``; ``rank``'s rule), Holm
+    adjusted within that family, and the set tied for best at level ``alpha``.
+
+    Raises ValueError when no configuration has a finite value, or for a bad ``mode``.
+    """
+    groups = {k: describe(v.values()) for k, v in table.items()}
+    order = [k for k in rank(groups, mode) if groups[k] is not None]
+    if not order:
+        raise ValueError("versus_best needs at least one configuration with a finite value")
+    best = order[0]
+    family = holm_family({k: compare(table[k], table[best], confidence) for k in order[1:]})
+    untestable = frozenset(k for k, c in family.items() if not c.testable)
+    tied = frozenset(
+        [best, *untestable, *(k for k, c in family.items() if c.testable and c.p_adjusted >= alpha)]
+    )
+    return BestFamily(best, family, tied, untestable, alpha)
+
+
+# ----------------------------------------------------------------------------- importance
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Share of the metric's total sum of squares explained by one term.
+
+    ``keys``: one key (its main effect) or two (their interaction); ``share`` in [0, 1];
+    ``p``: one-way ANOVA F-test p of the key (``scipy.stats.f_oneway``, other keys' effects
+    left in the error term, so conservative), None for interactions or when untestable;
+    ``balanced``: every cell of the term has the same number of values.
+    """
+
+    keys: tuple[str, ...]
+    share: float
+    p: float | None
+    balanced: bool
+
+
+@dataclass(frozen=True)
+class KeyImportance:
+    """``main``: {key: Importance}; ``interactions``: {(key_a, key_b): Importance} for each pair
+    of keys that is crossed (every combination of their observed values measured);
+    ``residual``: share of the sum of squares within configurations (all ``keys`` fixed), i.e.
+    seed noise; ``n``: values used."""
+
+    main: dict[str, Importance]
+    interactions: dict[tuple[str, str], Importance]
+    residual: float
+    n: int
+
+
+def _between_ss(y: np.ndarray, labels: list[Hashable]) -> tuple[float, bool, list[np.ndarray]]:
+    """Sum over cells of n_cell (mean_cell - grand mean)^2, whether the cells are balanced, and
+    the cells' values."""
+    cells: dict[Hashable, list[float]] = {}
+    for value, label in zip(y, labels, strict=True):
+        cells.setdefault(label, []).append(value)
+    grand = float(np.mean(y))
+    groups = [np.array(v) for v in cells.values()]
+    ss = float(sum(len(g) * (float(np.mean(g)) - grand) ** 2 for g in groups))
+    return ss, len({len(g) for g in groups}) == 1, groups
+
+
+def key_importance(
+    rows: Iterable[Mapping[str, Any]],
+    keys: Sequence[str],
+    metric: str,
+    statuses: Collection[str] | None = COMPARABLE_STATUSES,
+) -> KeyImportance:
+    """Importance of each swept key: ANOVA sums of squares over the results table.
+
+    ``rows``: row dicts with the ``keys``, ``metric`` and ``status`` (rows not in ``statuses``
+    or with a non-finite metric are left out). Main effect of key A: SS_A / SS_total with
+    SS_A = sum over A's values of n_a (mean_a - grand mean)^2 (one-way ANOVA). Interaction of
+    crossed keys A, B: (SS_AB - SS_A - SS_B) / SS_total, SS_AB taken over the A x B cell means.
+    In a balanced design (equal counts per cell) the main effects are orthogonal and this is
+    the two-way ANOVA interaction sum of squares exactly; in an unbalanced one the main
+    effects overlap, the value is descriptive only, clipped at 0, and ``balanced`` is False.
+    Shares are 0 when the metric does not vary. Raises ValueError with no usable row.
+    """
+    used = [
+        r
+        for r in rows
+        if (statuses is None or r.get("status") in statuses)
+        and r.get(metric) is not None
+        and math.isfinite(float(r[metric]))
+    ]
+    if not used:
+        raise ValueError(f"key_importance: no row with a finite {metric!r}")
+    y = np.array([float(r[metric]) for r in used])
+    total = float(np.sum((y - np.mean(y)) ** 2))
+
+    def share(ss: float) -> float:
+        return min(max(ss / total, 0.0), 1.0) if total > 0 else 0.0
+
+    levels = {k: [_hashable(r.get(k)) for r in used] for k in keys}
+    main: dict[str, Importance] = {}
+    ss_main: dict[str, float] = {}
+    for key in keys:
+        ss, balanced, groups = _between_ss(y, levels[key])
+        ss_main[key] = ss
+        p = None
+        if len(groups) > 1 and len(y) > len(groups) and total > 0:
+            p = float(scipy_stats.f_oneway(*groups).pvalue)
+            p = p if math.isfinite(p) else None
+        main[key] = Importance((key,), share(ss), p, balanced)
+    interactions: dict[tuple[str, str], Importance] = {}
+    for i, ka in enumerate(keys):
+        for kb in keys[i + 1 :]:
+            cells = list(zip(levels[ka], levels[kb], strict=True))
+            crossed = len(set(cells)) == len(set(levels[ka])) * len(set(levels[kb]))
+            if not crossed or len(set(levels[ka])) < 2 or len(set(levels[kb])) < 2:
+                continue
+            ss_ab, balanced, _ = _between_ss(y, cells)
+            ss = ss_ab - ss_main[ka] - ss_main[kb]
+            interactions[(ka, kb)] = Importance((ka, kb), share(ss), None, balanced)
+    configs = [tuple(levels[k][i] for k in keys) for i in range(len(y))]
+    residual = share(total - _between_ss(y, configs)[0]) if keys else 1.0
+    return KeyImportance(main, interactions, residual, len(y))
+
+
+# ----------------------------------------------------------------------------- synergy
+
+
+@dataclass(frozen=True)
+class Synergy:
+    """Does a composition beat what its ops give alone?
+
+    ``synergy`` = score(pair) - score(better single op) in the improving direction of the
+    metric (positive: the composition is better), with its interval; ``better_single`` the
+    single op with the better mean; ``comparison``: ``compare(pair, better_single)`` (raw
+    difference pair - single, its test and p)."""
+
+    pair: Hashable
+    better_single: Hashable
+    synergy: float
+    ci_low: float | None
+    ci_high: float | None
+    comparison: Comparison
+
+
+def synergy(
+    table: Mapping[K, Samples],
+    pair: K,
+    singles: tuple[K, K],
+    mode: str,
+    confidence: float = CONFIDENCE,
+) -> Synergy:
+    """Synergy of the composition ``pair`` (a then b) over its single ops ``singles`` (a, b):
+    score(a, b) - max(mean score(a), mean score(b)) for ``mode="max"`` (min for ``"min"``,
+    sign flipped so positive always means the composition helps), paired by seed
+    (``compare``) against the single op with the better mean. Choosing that op by its mean
+    makes the test conservative for "the composition beats both".
+
+    ``table``: ``{config: {pairing id: value}}``. Raises KeyError naming a missing
+    configuration, ValueError for a bad ``mode``.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    for key in (pair, *singles):
+        if key not in table:
+            raise KeyError(f"synergy: no results for {key!r}; have {sorted(map(str, table))}")
+    stats_ = {k: describe(table[k].values()) for k in singles}
+    better = rank(stats_, mode)[0]
+    comparison = compare(table[pair], table[better], confidence)
+    sign = 1.0 if mode == "max" else -1.0
+    low, high = comparison.ci_low, comparison.ci_high
+    if low is not None and sign < 0:
+        low, high = -high, -low
+    return Synergy(pair, better, sign * comparison.diff, low, high, comparison)
+
+
+# ----------------------------------------------------------------------------- power, verdicts
+
+
+def t_test_power(effect_size: float, n: int, alpha: float = ALPHA, paired: bool = True) -> float:
+    """Power of a two-sided t-test at level ``alpha`` for a true standardised effect
+    ``effect_size``: paired (one-sample on the differences, n pairs, df n - 1, noncentrality
+    d sqrt(n)) or two equal groups of n (df 2n - 2, noncentrality d sqrt(n / 2)); from the
+    noncentral t (``scipy.stats.nct``). Raises ValueError for n < 2."""
+    if n < 2:
+        raise ValueError(f"a t-test needs n >= 2, got {n}")
+    df, nc = (
+        (n - 1, effect_size * math.sqrt(n))
+        if paired
+        else (2 * n - 2, effect_size * math.sqrt(n / 2))
+    )
+    crit = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+    return float(scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc))
+
+
+def seeds_needed(
+    effect_size: float,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    paired: bool = True,
+    max_n: int = 10_000,
+) -> int | None:
+    """Smallest n (pairs, or seeds per configuration when unpaired) at which a two-sided t-test
+    at ``alpha`` reaches ``power`` for the effect ``effect_size`` (d_z paired, d unpaired),
+    by stepping n up (``t_test_power``); None when the effect is 0, not finite, or needs more
+    than ``max_n``."""
+    d = abs(float(effect_size))
+    if not math.isfinite(d) or d == 0.0:
+        return None
+    # The normal approximation ((z_a/2 + z_b) / d)^2 is a lower bound of the t-test's n:
+    # start just below it instead of at 2 so huge n stays cheap.
+    z = scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)
+    start = max(2, int((z / d) ** 2 * (1 if paired else 2)) - 1)
+    for n in range(start, max_n + 1):
+        if t_test_power(d, n, alpha, paired) >= power:
+            return n
+    return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim checked against a comparison. ``label``: ``"holds"``, ``"contradicted"``,
+    ``"undecided"`` or ``"untestable"``; ``add_seeds``: for an undecided one, the seeds to add
+    per configuration for ``POWER`` at the observed effect (None when it cannot be sized);
+    ``str(verdict)`` the phrase a report prints."""
+
+    label: str
+    add_seeds: int | None = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.label == "undecided":
+            if self.add_seeds is not None:
+                plural = "s" if self.add_seeds != 1 else ""
+                return f"undecided (add {self.add_seeds} seed{plural})"
+            return f"undecided ({self.reason})" if self.reason else "undecided"
+        if self.label == "untestable":
+            return f"untestable ({self.reason})"
+        return self.label
+
+
+def verdict(
+    comparison: Comparison, claim: str = "greater", alpha: float = ALPHA, power: float = POWER
+) -> Verdict:
+    """Whether ``comparison`` (A - B) supports the claim "A is greater than B"
+    (``claim="greater"``) or "less" at level ``alpha``, using its Holm-adjusted p when it is in
+    a family (``Comparison.p_reported``).
+
+    holds: p < alpha in the claimed direction; contradicted: p < alpha the other way;
+    untestable: no test (one replicate: no seed noise to judge a difference against);
+    undecided otherwise, with the seeds to add: ``seeds_needed`` for the observed effect size
+    at alpha / family size (Bonferroni, Holm's strictest step, so the count suffices whatever
+    the rest of the family does) minus the current n. Raises ValueError for another claim.
+    """
+    if claim not in ("greater", "less"):
+        raise ValueError(f"claim must be 'greater' or 'less', got {claim!r}")
+    p = comparison.p_reported
+    if p is None:
+        return Verdict("untestable", None, "one replicate" if comparison.n <= 1 else "no test")
+    if p < alpha:
+        if comparison.diff == 0.0:
+            return Verdict("undecided", None, "no difference")
+        agrees = (comparison.diff > 0) == (claim == "greater")
+        return Verdict("holds" if agrees else "contradicted")
+    d = comparison.effect_size
+    if d is None or d == 0.0:
+        return Verdict("undecided", None, "no observed effect to size more seeds for")
+    needed = seeds_needed(d, alpha / comparison.family_size, power, comparison.paired)
+    if needed is None:
+        return Verdict("undecided", None, "the observed effect needs over 10000 seeds")
+    return Verdict("undecided", max(needed - comparison.n, 1))
