@@ -7,6 +7,15 @@ a configuration's statistics use its *comparable* replicates only (``vocabulary.
 COMPARABLE_STATUSES``: a trial stopped early reports an earlier epoch's value); configurations
 are ordered by that mean in the direction of ``mode``; configurations with no comparable value
 come last, in their given order.
+
+Beyond one group (tables ``{configuration: {seed: value}}``, see ``samples_by_config``):
+``compare`` (A - B paired by seed: difference, t interval, paired t p, exact sign-flip p,
+Hedges-corrected d_z; Welch when seeds do not match), ``holm``/``holm_family`` (family-wise
+adjustment), ``versus_best`` (every configuration against the best, and the set tied for
+best), ``key_importance`` (ANOVA shares of main effects and two-way interactions),
+``synergy`` (a composition against its better single op), ``t_test_power``/``seeds_needed``
+(replicates for 80% power) and ``verdict`` (holds / contradicted / undecided (add k seeds) /
+untestable).
 """
 
 from __future__ import annotations
@@ -271,8 +280,8 @@ def compare(
     if len(xa) < 2 or len(xb) < 2:
         if len(common) == 1:  # one shared seed: report that pair's difference
             diff = a[common[0]] - b[common[0]]
-        return Comparison(diff, None, None, None, None, None, min(len(xa), len(xb)),
-                          len(xa), len(xb), "none")  # fmt: skip
+        n = min(len(xa), len(xb))
+        return Comparison(diff, None, None, None, None, None, n, len(xa), len(xb), "none")
     va, vb = np.var(xa, ddof=1) / len(xa), np.var(xb, ddof=1) / len(xb)
     n = min(len(xa), len(xb))
     if va + vb == 0.0:
