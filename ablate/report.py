@@ -1,13 +1,15 @@
-"""Ablation reports read back from MLflow: a results table, the paper's figures, a summary.
+"""Ablation reports from a results table: findings, the paper's figures, a summary.
 
-``build_report`` reads the child runs of one sweep execution (see ``ablate.tracking``), writes
-``results.parquet`` (one row per trial) and ``history.parquet`` (ranking metric per epoch), the
-figures (PNG + SVG) laid out like SimCLR's (Chen et al., 2020) Figures 5, 8 and 9, and
-``summary.md`` with the best configurations and the paper's qualitative findings checked on this
-sweep; then logs all of it under ``report/`` of the parent run.
+Pure: no MLflow, no Ray. ``ablate.tracking.load_results`` reads a sweep back into a
+``SweepResults`` (one row per trial, the varying keys, the ranking metric per epoch) and
+``ablate.tracking.publish_report`` logs what ``build_report`` writes: ``results.parquet``,
+``history.parquet``, the figures (PNG + SVG) laid out like SimCLR's (Chen et al., 2020)
+Figures 5, 8 and 9, and ``summary.md`` with the configurations ranked by the sweep's metric and
+mode and the paper's qualitative findings checked on this sweep.
 
-Means and figures use completed trials only (a trial stopped early by ASHA has fewer epochs and
-is not comparable); they are mean ± sample std over replicates and any other varying key.
+Means and figures use comparable trials only (``vocabulary.COMPARABLE_STATUSES``: a trial stopped
+early by ASHA has fewer epochs); they are mean ± sample std (``stats.describe``) over replicates
+and any other varying key, and configurations rank by ``stats.rank``.
 """
 
 from __future__ import annotations
@@ -26,162 +28,43 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from mlflow import MlflowClient
-from mlflow.entities import Run, ViewType
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ablate.config import AUGMENTATION_OPS, FIGURE5_OPS
-from ablate.tracking import (
-    TAG_REPLICATE,
-    TAG_ROLE,
-    TAG_STATUS,
-    TAG_STATUS_DETAIL,
-    TAG_TRIAL_ID,
-    TAG_VARYING,
+from ablate.stats import GroupStats, describe, rank
+from ablate.vocabulary import (
+    COMPARABLE_STATUSES,
+    COMPUTE_METRICS,
+    DEFAULT_RANKING_METRIC,
+    FINAL_METRICS,
+    OPS_KEY,
+    shown_metrics,
 )
 
-#: Ranking metric: validation kNN top-1 at the last epoch (never test, never the loss).
-RANKING_METRIC = "val/knn_top1"
-#: Final metrics copied into the results table (when a run logged them).
-FINAL_METRICS: tuple[str, ...] = (
-    "val/knn_top1",
-    "val/online_top1",
-    "val/probe_top1",
-    "val/probe_top5",
-    "test/probe_top1",
-    "test/probe_top5",
-    "test/knn_top1",
-    "train/loss",
-    "train/contrastive_top1",
-)
-COMPUTE_METRICS: tuple[str, ...] = (
-    "compute/epochs_run",
-    "compute/wall_seconds",
-    "compute/cpu_seconds",
-    "compute/gpu_seconds",
-    "compute/retries",
-)
-#: Statuses whose final metrics enter means, figures and findings.
-COMPARABLE = ("completed",)
 HEAD_ORDER = ("nonlinear", "linear", "none")  # the paper's Figure 8 finding, best first
 
 Row = dict[str, Any]
 
 
-# ----------------------------------------------------------------------------- reading runs
+# ----------------------------------------------------------------------------- results table
 
 
 @dataclass
 class SweepResults:
-    """The trials of one sweep execution, as read back from MLflow."""
+    """The trials of one sweep execution: what a report is built from.
+
+    ``rows``: one dict per trial (``trial_id``, ``run_id``, ``run_name``, ``replicate``, ``seed``,
+    ``status``, ``status_detail``, ``epochs_planned``, each varying key, and the metrics of
+    ``vocabulary.RESULT_METRICS`` and ``COMPUTE_METRICS``, None where absent). ``histories``:
+    ``run_id -> [(epoch, value)]`` of the ranking metric, epochs ascending. ``num_classes``, when
+    known, hides top-k accuracies with k >= it (always 1.0).
+    """
 
     experiment: str
-    experiment_id: str
     parent_run_id: str
     rows: list[Row]
     varying_keys: list[str]
-    #: run_id -> [(epoch, value)] of the ranking metric
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-
-
-def _normalise_value(key: str, value: Any) -> Any:
-    """A varying value as a table cell: op lists as ``crop+color``, other lists as JSON."""
-    if isinstance(value, (list, tuple)):
-        if key == "augment.ops":
-            return "+".join(str(v) for v in value) if value else "none"
-        return json.dumps(list(value))
-    return value
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def find_parent_run(client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> Run:
-    """The given parent run, else the latest sweep run of the experiment."""
-    if parent_run_id is not None:
-        return client.get_run(parent_run_id)
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
-        run_view_type=ViewType.ACTIVE_ONLY,
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise LookupError(f"experiment {experiment_id} has no sweep (parent) run")
-    return runs[0]
-
-
-def _child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            order_by=["attributes.start_time ASC"],
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def run_row(run: Run) -> tuple[Row, list[str]]:
-    """One trial's row of the results table and its varying keys."""
-    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    varying = json.loads(tags.get(TAG_VARYING, "{}"))
-    status = tags.get(TAG_STATUS, "running")
-    if run.info.status == "RUNNING":
-        status = "running"
-    row: Row = {
-        "trial_id": tags.get(TAG_TRIAL_ID, ""),
-        "run_id": run.info.run_id,
-        "run_name": run.info.run_name or "",
-        "replicate": _int_or_none(tags.get(TAG_REPLICATE)) or 0,
-        "seed": _int_or_none(params.get("train.seed")),
-        "status": status,
-        "status_detail": tags.get(TAG_STATUS_DETAIL, ""),
-        "epochs_planned": _int_or_none(params.get("train.epochs")),
-    }
-    for key, value in varying.items():
-        row[key] = _normalise_value(key, value)
-    for key in (*FINAL_METRICS, *COMPUTE_METRICS):
-        value = metrics.get(key)
-        row[key] = float(value) if value is not None else None
-    return row, list(varying)
-
-
-def load_results(
-    client: MlflowClient,
-    experiment: str,
-    parent_run_id: str | None = None,
-    metric: str = RANKING_METRIC,
-) -> SweepResults:
-    """Read one sweep execution back: rows, varying keys and the metric's per-epoch history."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise LookupError(f"no MLflow experiment {experiment!r}; experiments: {names}")
-    parent = find_parent_run(client, found.experiment_id, parent_run_id)
-    rows: list[Row] = []
-    keys: list[str] = []
-    histories: dict[str, list[tuple[int, float]]] = {}
-    for run in _child_runs(client, found.experiment_id, parent.info.run_id):
-        row, varying = run_row(run)
-        rows.append(row)
-        keys.extend(k for k in varying if k not in keys)
-        history = client.get_metric_history(run.info.run_id, metric)
-        by_step = {int(m.step): float(m.value) for m in history}
-        histories[run.info.run_id] = sorted(by_step.items())
-    return SweepResults(experiment, found.experiment_id, parent.info.run_id, rows, keys, histories)
+    num_classes: int | None = None
 
 
 def write_results_table(rows: Sequence[Row], path: Path, metadata: dict[str, str]) -> pa.Table:
@@ -215,27 +98,8 @@ def write_results_table(rows: Sequence[Row], path: Path, metadata: dict[str, str
 # ----------------------------------------------------------------------------- aggregation
 
 
-@dataclass(frozen=True)
-class Stat:
-    """Mean ± sample std (0 for a single value) of ``n`` values."""
-
-    mean: float
-    std: float
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
-
-
-def stat(values: Iterable[float]) -> Stat | None:
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return Stat(float(np.mean(finite)), std, len(finite))
-
-
-def comparable(rows: Iterable[Row], statuses: Sequence[str] = COMPARABLE) -> list[Row]:
+def comparable(rows: Iterable[Row], statuses: Sequence[str] = COMPARABLE_STATUSES) -> list[Row]:
+    """The rows whose status is one of ``statuses``."""
     return [row for row in rows if row.get("status") in statuses]
 
 
@@ -243,16 +107,17 @@ def group_stats(
     rows: Iterable[Row],
     keys: Sequence[str],
     metric: str,
-    statuses: Sequence[str] = COMPARABLE,
-) -> dict[tuple[Any, ...], Stat]:
-    """Mean ± std of ``metric`` per combination of ``keys`` (over replicates and the rest)."""
+    statuses: Sequence[str] = COMPARABLE_STATUSES,
+) -> dict[tuple[Any, ...], GroupStats]:
+    """``GroupStats`` of ``metric`` per combination of ``keys`` (over replicates and the rest),
+    for groups with a finite value."""
     groups: dict[tuple[Any, ...], list[float]] = {}
     for row in comparable(rows, statuses):
         if row.get(metric) is None:
             continue
         groups.setdefault(tuple(row.get(k) for k in keys), []).append(row[metric])
-    stats = {key: stat(values) for key, values in groups.items()}
-    return {key: value for key, value in stats.items() if value is not None}
+    described = {key: describe(values) for key, values in groups.items()}
+    return {key: value for key, value in described.items() if value is not None}
 
 
 def _sorted_values(values: Iterable[Any]) -> list[Any]:
@@ -293,9 +158,9 @@ def parse_ops(value: Any) -> list[str]:
 
 def augmentation_matrix(
     rows: Iterable[Row],
-    metric: str = RANKING_METRIC,
-    key: str = "augment.ops",
-    statuses: Sequence[str] = COMPARABLE,
+    metric: str = DEFAULT_RANKING_METRIC,
+    key: str = OPS_KEY,
+    statuses: Sequence[str] = COMPARABLE_STATUSES,
 ) -> AugmentationMatrix:
     """Results table -> the Figure 5 matrix (pure: no I/O). Trials with 1 or 2 ops count."""
     cells: dict[tuple[str, str], list[float]] = {}
@@ -317,9 +182,10 @@ def augmentation_matrix(
     count = np.zeros((n, n), dtype=np.int64)
     for (first, second), values in cells.items():
         i, j = order.index(first), order.index(second)
-        summary = stat(values)
+        summary = describe(values)
         assert summary is not None
-        mean[i, j], std[i, j], count[i, j] = summary.mean, summary.std, summary.n
+        mean[i, j], count[i, j] = summary.mean, summary.n
+        std[i, j] = np.nan if summary.std is None else summary.std
     row_mean = np.full(n, np.nan)
     for i in range(n):
         if np.isfinite(mean[i]).any():
@@ -344,7 +210,7 @@ NOT_COVERED = "not covered by this sweep"
 
 
 def replicate_std(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
 ) -> float | None:
     """Pooled std over replicates of one configuration (sqrt of the mean within-config
     variance): the run-to-run noise, unlike a marginal std that mixes other varying keys."""
@@ -368,7 +234,7 @@ def _held_in_settings(
     varying_keys: Sequence[str],
     key: str,
     metric: str,
-    holds: Callable[[list[tuple[Any, Stat]]], bool | None],
+    holds: Callable[[list[tuple[Any, GroupStats]]], bool | None],
 ) -> str:
     """'holds in k of m settings of <other keys>': the claim at matched values of the others."""
     others = [k for k in varying_keys if k != key]
@@ -394,9 +260,9 @@ def _scores_by_op_set(rows: Sequence[Row], metric: str) -> dict[frozenset[str], 
     the set of ops (both orders of a pair pooled)."""
     scores: dict[frozenset[str], list[float]] = {}
     for row in comparable(rows):
-        if row.get("augment.ops") is None or row.get(metric) is None:
+        if row.get(OPS_KEY) is None or row.get(metric) is None:
             continue
-        ops = parse_ops(row["augment.ops"])
+        ops = parse_ops(row[OPS_KEY])
         distinct = len(set(ops)) == len(ops)
         if len(ops) in (1, 2) and distinct and math.isfinite(row[metric]):
             scores.setdefault(frozenset(ops), []).append(row[metric])
@@ -405,18 +271,18 @@ def _scores_by_op_set(rows: Sequence[Row], metric: str) -> dict[frozenset[str], 
 
 def check_crop_color(
     rows: Sequence[Row],
-    varying_keys: Sequence[str] = ("augment.ops",),
-    metric: str = RANKING_METRIC,
+    varying_keys: Sequence[str] = (OPS_KEY,),
+    metric: str = DEFAULT_RANKING_METRIC,
 ) -> Finding:
     """Figure 5: crop + color distortion is the best pair of two ops (both orders pooled)."""
     claim, source = "crop+color is the best pair of augmentations", "Figure 5"
-    if "augment.ops" not in varying_keys:
+    if OPS_KEY not in varying_keys:
         return _not_covered(claim, source, "augment.ops does not vary")
     pairs = {ops: v for ops, v in _scores_by_op_set(rows, metric).items() if len(ops) == 2}
     target = frozenset(("crop", "color"))
     if target not in pairs or len(pairs) < 2:
         return _not_covered(claim, source, "needs crop+color and another pair of ops")
-    stats = {pair: s for pair, values in pairs.items() if (s := stat(values)) is not None}
+    stats = {pair: s for pair, values in pairs.items() if (s := describe(values)) is not None}
     ours = stats[target]
     other_pair, other = max(
         ((p, s) for p, s in stats.items() if p != target), key=lambda item: item[1].mean
@@ -431,20 +297,20 @@ def check_crop_color(
 
 def check_composition(
     rows: Sequence[Row],
-    varying_keys: Sequence[str] = ("augment.ops",),
-    metric: str = RANKING_METRIC,
+    varying_keys: Sequence[str] = (OPS_KEY,),
+    metric: str = DEFAULT_RANKING_METRIC,
 ) -> Finding:
     """Figure 5: no single transformation suffices; crop + color beats crop alone and color
     alone (both orders of the pair pooled)."""
     claim, source = "crop+color beats each of its ops alone (composition matters)", "Figure 5"
-    if "augment.ops" not in varying_keys:
+    if OPS_KEY not in varying_keys:
         return _not_covered(claim, source, "augment.ops does not vary")
     scores = _scores_by_op_set(rows, metric)
     target = frozenset(("crop", "color"))
     singles = [op for op in ("crop", "color") if frozenset((op,)) in scores]
     if target not in scores or not singles:
         return _not_covered(claim, source, "needs crop+color and crop or color alone")
-    stats = {ops: s for ops, values in scores.items() if (s := stat(values)) is not None}
+    stats = {ops: s for ops, values in scores.items() if (s := describe(values)) is not None}
     ours = stats[target]
     alone = {op: stats[frozenset((op,))] for op in singles}
     gaps = [ours.mean - s.mean for s in alone.values()]
@@ -452,7 +318,7 @@ def check_composition(
         f"{op} alone {s}" for op, s in alone.items()
     )
 
-    def pair_wins(series: list[tuple[Any, Stat]]) -> bool | None:
+    def pair_wins(series: list[tuple[Any, GroupStats]]) -> bool | None:
         grouped: dict[frozenset[str], list[float]] = {}
         for ops, s in series:  # both orders of a pair pooled
             grouped.setdefault(frozenset(parse_ops(ops)), []).append(s.mean)
@@ -462,12 +328,14 @@ def check_composition(
         ]
         return all(by_ops[target] > r for r in rivals) if target in by_ops and rivals else None
 
-    evidence += _held_in_settings(rows, varying_keys, "augment.ops", metric, pair_wins)
+    evidence += _held_in_settings(rows, varying_keys, OPS_KEY, metric, pair_wins)
     evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
     return Finding(claim, source, "yes" if all(g > 0 for g in gaps) else "no", evidence)
 
 
-def _ordered(series: list[tuple[Any, Stat]], order: Sequence[Any]) -> bool | None:
+def _means_decrease_along(
+    series: list[tuple[Any, GroupStats]], order: Sequence[Any]
+) -> bool | None:
     """Means strictly decrease along ``order`` (values missing from ``series`` skipped)."""
     by_value = dict(series)
     means = [by_value[v].mean for v in order if v in by_value]
@@ -475,7 +343,7 @@ def _ordered(series: list[tuple[Any, Stat]], order: Sequence[Any]) -> bool | Non
 
 
 def check_head_order(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
 ) -> Finding:
     """Figure 8: a nonlinear projection head beats a linear one, which beats none."""
     claim, source = "nonlinear > linear > none (projection head)", "Figure 8"
@@ -487,14 +355,18 @@ def check_head_order(
     holds = all(a.mean > b.mean for a, b in pairwise(means))
     evidence = f"{metric}: " + "; ".join(f"{h} {s}" for h, s in zip(heads, means, strict=True))
     evidence += _held_in_settings(
-        rows, varying_keys, "model.head", metric, lambda series: _ordered(series, HEAD_ORDER)
+        rows,
+        varying_keys,
+        "model.head",
+        metric,
+        lambda series: _means_decrease_along(series, HEAD_ORDER),
     )
     gaps = [a.mean - b.mean for a, b in pairwise(means)]
     evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
     return Finding(claim, source, "yes" if holds else "no", evidence)
 
 
-def _larger_wins(series: list[tuple[Any, Stat]]) -> bool | None:
+def _larger_wins(series: list[tuple[Any, GroupStats]]) -> bool | None:
     if len(series) < 2:
         return None
     ordered = sorted(series, key=lambda item: item[0])
@@ -502,7 +374,7 @@ def _larger_wins(series: list[tuple[Any, Stat]]) -> bool | None:
 
 
 def check_batch_size(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
 ) -> Finding:
     """Figure 9: at an equal number of epochs, a larger batch gives a better encoder.
 
@@ -537,7 +409,7 @@ def check_batch_size(
 
 
 def check_findings(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = RANKING_METRIC
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
 ) -> list[Finding]:
     """The paper's qualitative findings, each yes / no / not covered, on a results table."""
     return [
@@ -549,6 +421,11 @@ def check_findings(
 
 
 # ----------------------------------------------------------------------------- figures
+
+
+def _spread(s: GroupStats | None) -> float:
+    """An error bar's half-length: the sample std, 0 for no group or a single replicate."""
+    return s.std if s is not None and s.std is not None else 0.0
 
 
 def _save(fig: Figure, stem: Path) -> list[Path]:
@@ -591,7 +468,7 @@ def _grouped_bars(
     ax: Any,
     groups: Sequence[Any],
     series: Sequence[Any],
-    stats: Callable[[Any, Any], Stat | None],
+    stats: Callable[[Any, Any], GroupStats | None],
     series_label: Callable[[Any], str],
 ) -> None:
     """Bars per ``series`` within each x group, with std error bars."""
@@ -600,7 +477,7 @@ def _grouped_bars(
     for k, item in enumerate(series):
         values = [stats(group, item) for group in groups]
         heights = [s.mean if s else np.nan for s in values]
-        errors = [s.std if s else 0.0 for s in values]
+        errors = [_spread(s) for s in values]
         offset = (k - (len(series) - 1) / 2) * width
         ax.bar(x + offset, heights, width, yerr=errors, capsize=3, label=series_label(item))
     ax.set_xticks(x, [str(g) for g in groups])
@@ -664,7 +541,7 @@ def _line(ax: Any, rows: Sequence[Row], key: str, metric: str, label: str | None
     xs = _sorted_values(k[0] for k in stats)
     ys = [stats[(x,)] for x in xs]
     ax.errorbar(
-        xs, [s.mean for s in ys], yerr=[s.std for s in ys], marker="o", capsize=3, label=label
+        xs, [s.mean for s in ys], yerr=[_spread(s) for s in ys], marker="o", capsize=3, label=label
     )
     positive = [x for x in xs if x > 0]
     if len(positive) == len(xs) and xs and max(xs) / min(xs) >= 10:
@@ -709,7 +586,7 @@ def plot_generic(rows: Sequence[Row], keys: Sequence[str], stem: Path, metric: s
             ax.bar(
                 range(len(xs)),
                 [stats[(x,)].mean for x in xs],
-                yerr=[stats[(x,)].std for x in xs],
+                yerr=[_spread(stats[(x,)]) for x in xs],
                 capsize=3,
             )
             ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30, ha="right")
@@ -794,16 +671,16 @@ def plot_learning_curves(
 
 
 def choose_figures(
-    varying_keys: Sequence[str], rows: Sequence[Row], metric: str = RANKING_METRIC
+    varying_keys: Sequence[str], rows: Sequence[Row], metric: str = DEFAULT_RANKING_METRIC
 ) -> list[tuple[str, tuple[str, ...]]]:
     """``[(figure name, keys)]`` to draw for the keys this sweep varies: the paper's figures
     for the keys they cover, a generic plot for the rest, and the learning curves."""
     chosen: list[tuple[str, tuple[str, ...]]] = []
     covered: set[str] = set()
     keys = list(varying_keys)
-    if "augment.ops" in keys and augmentation_matrix(rows, metric).ops:
-        chosen.append(("augmentation_matrix", ("augment.ops",)))
-        covered.add("augment.ops")
+    if OPS_KEY in keys and augmentation_matrix(rows, metric).ops:
+        chosen.append(("augmentation_matrix", (OPS_KEY,)))
+        covered.add(OPS_KEY)
     if "model.head" in keys:
         chosen.append(("projection_head", ("model.head", "model.out_dim")))
         covered.update(("model.head", "model.out_dim"))
@@ -854,11 +731,11 @@ def draw_figures(results: SweepResults, fig_dir: Path, metric: str) -> list[Path
 # ----------------------------------------------------------------------------- summary
 
 
-def _fmt(s: Stat | None) -> str:
+def _fmt(s: GroupStats | None) -> str:
     if not s:
         return "—"
     # One replicate has no spread: say so rather than print a misleading ± 0.
-    return f"{s.mean:.4f} ± {s.std:.4f}" if s.n > 1 else f"{s.mean:.4f}"
+    return f"{s.mean:.4f}" if s.std is None else f"{s.mean:.4f} ± {s.std:.4f}"
 
 
 def _cell(value: Any) -> str:
@@ -867,24 +744,28 @@ def _cell(value: Any) -> str:
 
 
 def best_configurations(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str, top: int = 10
-) -> list[tuple[tuple[Any, ...], dict[str, Stat | None]]]:
-    """Configurations (varying values) ranked by mean ``metric`` over replicates."""
-    ranked = group_stats(rows, varying_keys, metric)
-    order = sorted(ranked, key=lambda key: ranked[key].mean, reverse=True)[:top]
-    out = []
-    for key in order:
-        members = [r for r in comparable(rows) if tuple(r.get(k) for k in varying_keys) == key]
-        out.append(
-            (
-                key,
-                {
-                    m: stat(r.get(m) for r in members)
-                    for m in dict.fromkeys((metric, *FINAL_METRICS[:7]))
-                },
-            )
-        )
-    return out
+    rows: Sequence[Row],
+    varying_keys: Sequence[str],
+    metric: str,
+    mode: str = "max",
+    top: int = 10,
+    also: Sequence[str] = (),
+) -> list[tuple[tuple[Any, ...], dict[str, GroupStats | None]]]:
+    """The ``top`` configurations (values of ``varying_keys``) by ``stats.rank``: mean
+    ``metric`` of comparable replicates in the direction of ``mode``, configurations without
+    a comparable value last. Each comes with the ``GroupStats`` of ``metric`` and ``also``.
+    Raises ValueError for a mode other than ``"max"`` / ``"min"``.
+    """
+    members: dict[tuple[Any, ...], list[Row]] = {}
+    for row in rows:
+        members.setdefault(tuple(row.get(k) for k in varying_keys), [])
+    for row in comparable(rows):
+        members[tuple(row.get(k) for k in varying_keys)].append(row)
+    measured = {key: describe(r.get(metric) for r in group) for key, group in members.items()}
+    return [
+        (key, {m: describe(r.get(m) for r in members[key]) for m in dict.fromkeys((metric, *also))})
+        for key in rank(measured, mode)[:top]
+    ]
 
 
 def stopped_while_improving(
@@ -951,12 +832,20 @@ def _early_stopping_lines(results: SweepResults, metric: str) -> list[str]:
 
 
 def summary_markdown(
-    results: SweepResults, findings: Sequence[Finding], figures: Sequence[Path], metric: str
+    results: SweepResults,
+    findings: Sequence[Finding],
+    figures: Sequence[Path],
+    metric: str,
+    mode: str = "max",
 ) -> str:
+    """``summary.md``: trial counts, the configurations ranked by ``metric`` and ``mode`` (the
+    sweep's ranking, as ``summary.json``), the findings, early stopping, trials that did not
+    complete, compute, figures."""
     rows, keys = results.rows, results.varying_keys
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+    better = "higher" if mode == "max" else "lower"
     lines = [
         f"# Ablation report: {results.experiment}",
         "",
@@ -964,20 +853,24 @@ def summary_markdown(
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         "",
         f"Varying: {', '.join(f'`{k}`' for k in keys) or 'nothing'}. Ranking metric: `{metric}` "
-        "(last epoch, validation split). Means are over completed trials: mean ± sample std "
-        "over replicates (n trials).",
+        f"(last epoch, validation split; {better} is better). Means are over completed trials: "
+        "mean ± sample std over replicates (n trials).",
         "",
         "## Best configurations",
         "",
     ]
-    best = best_configurations(rows, keys, metric)
-    if best:
-        shown = ("val/probe_top1", "val/probe_top5", "test/probe_top1", "test/probe_top5")
+    shown = [
+        m
+        for m in shown_metrics(FINAL_METRICS, results.num_classes)
+        if m != metric and any(r.get(m) is not None for r in comparable(rows))
+    ]
+    best = best_configurations(rows, keys, metric, mode, also=shown)
+    if any(stats[metric] for _, stats in best):
         header = ["rank", *(f"`{k}`" for k in keys), "n", f"`{metric}`", *(f"`{m}`" for m in shown)]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for rank, (key, stats) in enumerate(best, 1):
+        for place, (key, stats) in enumerate(best, 1):
             n = stats[metric].n if stats[metric] else 0
-            cells = [str(rank), *(_cell(v) for v in key), str(n), _fmt(stats[metric])]
+            cells = [str(place), *(_cell(v) for v in key), str(n), _fmt(stats[metric])]
             cells += [_fmt(stats.get(m)) for m in shown]
             lines.append("| " + " | ".join(cells) + " |")
     else:
@@ -996,7 +889,7 @@ def summary_markdown(
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     totals = {
         m: sum(r[m] for r in rows if r.get(m) is not None and math.isfinite(r[m]))
-        for m in COMPUTE_METRICS[:4]
+        for m in COMPUTE_METRICS
     }
     lines += [
         "",
@@ -1014,11 +907,13 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- report
 
 
 @dataclass
 class Report:
+    """What ``build_report`` wrote, and what it was built from."""
+
     out_dir: Path
     results_path: Path
     history_path: Path
@@ -1029,27 +924,27 @@ class Report:
 
 
 def build_report(
-    tracking_uri: str,
-    experiment: str,
-    parent_run_id: str | None = None,
-    out_dir: str | Path | None = None,
-    metric: str = RANKING_METRIC,
-    log_to_mlflow: bool = True,
+    results: SweepResults,
+    out_dir: str | Path,
+    *,
+    metric: str = DEFAULT_RANKING_METRIC,
+    mode: str = "max",
 ) -> Report:
-    """Read one sweep execution back from MLflow and write + log its report.
+    """Write the report of ``results`` into ``out_dir``: ``results.parquet`` (a row per
+    trial), ``history.parquet`` (``results.histories``, which hold ``metric``), ``figures/``
+    and ``summary.md`` ranked by ``metric`` in the direction of ``mode``.
 
-    ``parent_run_id``: the sweep's parent run (default: the experiment's latest). ``out_dir``:
-    default ``reports/<experiment>/<parent run id>`` under the working directory. The files
-    are logged under ``report/`` of the parent run unless ``log_to_mlflow`` is False.
+    Raises ValueError for a mode other than ``"max"`` / ``"min"`` (before writing anything).
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
-    results = load_results(client, experiment, parent_run_id, metric)
-    out = Path(out_dir) if out_dir else Path("reports") / experiment / results.parent_run_id
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {
-        "experiment": experiment,
+        "experiment": results.experiment,
         "parent_run_id": results.parent_run_id,
         "ranking_metric": metric,
+        "ranking_mode": mode,
         "varying_keys": json.dumps(results.varying_keys),
     }
     results_path = out / "results.parquet"
@@ -1078,7 +973,6 @@ def build_report(
     figures = draw_figures(results, out / "figures", metric)
     findings = check_findings(results.rows, results.varying_keys, metric)
     summary_path = out / "summary.md"
-    summary_path.write_text(summary_markdown(results, findings, figures, metric), encoding="utf-8")
-    if log_to_mlflow:
-        client.log_artifacts(results.parent_run_id, str(out), artifact_path="report")
+    text = summary_markdown(results, findings, figures, metric, mode)
+    summary_path.write_text(text, encoding="utf-8")
     return Report(out, results_path, history_path, summary_path, figures, findings, results)

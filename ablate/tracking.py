@@ -1,14 +1,21 @@
-"""MLflow tracking of a sweep, from the sweep driver.
+"""The MLflow run layout of a sweep: the writer (from the sweep driver) and the reader.
 
-Layout in MLflow: one experiment per sweep name; one *parent* run per sweep execution (tags
-``ablate.sweep`` + ``ablate.execution``, the spec YAML as ``spec.yaml``); one *child* run per
-Ray Tune trial nested under it (tag ``mlflow.parentRunId``), found again by ``ablate.trial_id``.
-A child logs its fully resolved config as params, per-epoch metrics with ``step = epoch``, its
-outcome as tag ``ablate.status`` and the compute it used as ``compute/*`` metrics.
+Layout in MLflow: one experiment per sweep (``tracking.experiment``, else the sweep's name); one
+*parent* run per sweep execution (tags ``ablate.sweep`` + ``ablate.execution``, the spec YAML as
+``spec.yaml``); one *child* run per Ray Tune trial nested under it (tag ``mlflow.parentRunId``),
+found again by ``ablate.trial_id``. A child logs its fully resolved config as params, per-epoch
+metrics with ``step = epoch``, its outcome as tag ``ablate.status`` (``vocabulary.
+TRIAL_STATUSES``) and the compute it used as ``compute/*`` metrics.
 
-Everything runs in the driver (``MlflowCallback`` is a ``ray.tune.Callback``), so workers never
-touch the tracking store. Resuming an execution continues its runs: an epoch is logged at most
-once per trial, whatever Tune or Ray Train re-report after a restore or a worker-group restart.
+Writer: ``SweepTracker``, fed by ``MlflowCallback`` (a ``ray.tune.Callback``). Everything runs in
+the driver, so workers never touch the tracking store. Resuming an execution continues its runs:
+an epoch is logged at most once per trial, whatever Tune or Ray Train re-report after a restore
+or a worker-group restart.
+
+Reader: ``load_results`` turns a parent run and its children back into a ``report.
+SweepResults``; ``publish_report`` builds the report from it (``ablate.report``, which knows
+nothing of MLflow) and logs the files under ``report/`` of the parent run. Both sides search
+runs through ``search_runs``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from urllib.parse import urlparse
 
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune import Callback
 from ray.tune.experiment import Trial
@@ -42,7 +49,9 @@ from ray.tune.result import (
     TRIAL_ID,
 )
 
+from ablate import report, vocabulary
 from ablate.config import flatten
+from ablate.report import Report, Row, SweepResults
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +67,6 @@ TAG_STATUS_DETAIL = "ablate.status_detail"
 TAG_REASON = "ablate.reason"
 TAG_ERROR = "ablate.error"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
-
-#: ``ablate.status`` values and the MLflow run status each ends with.
-TRIAL_STATUSES: dict[str, str] = {
-    "completed": "FINISHED",
-    "stopped": "FINISHED",
-    "diverged": "FINISHED",
-    "failed": "FAILED",
-    "interrupted": "KILLED",
-}
 
 #: Short names for the dotted keys a run name shows (other keys show their last part).
 RUN_NAME_ALIASES: dict[str, str] = {
@@ -187,14 +187,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 # ----------------------------------------------------------------------------- naming, params
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "+".join(_format_value(v) for v in value) if value else "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def run_name(varying: dict[str, Any], replicate: int) -> str:
     """The child run's name, e.g. ``crop+color | head=nonlinear | bs=256 | seed=1``.
 
@@ -203,12 +195,11 @@ def run_name(varying: dict[str, Any], replicate: int) -> str:
     """
     parts: list[str] = []
     for key, value in varying.items():
-        if key == "augment.ops":
-            parts.append(_format_value(value))
+        text = vocabulary.format_value(value)
+        if key == vocabulary.OPS_KEY:
+            parts.append(text)
         else:
-            parts.append(
-                f"{RUN_NAME_ALIASES.get(key, key.rsplit('.', 1)[-1])}={_format_value(value)}"
-            )
+            parts.append(f"{RUN_NAME_ALIASES.get(key, key.rsplit('.', 1)[-1])}={text}")
     parts.append(f"{'rep' if 'train.seed' in varying else 'seed'}={replicate}")
     return " | ".join(parts)
 
@@ -246,25 +237,34 @@ def result_epoch(result: dict[str, Any]) -> int:
     return int(epoch)
 
 
-def trial_outcome(
-    last_result: dict[str, Any] | None, planned_epochs: int, errored: bool = False
-) -> tuple[str, str]:
-    """``(ablate.status, human detail)`` of a trial that Tune reports as ended.
+def compute_metrics(
+    result: dict[str, Any],
+    epochs_run: int,
+    resources: dict[str, Any] | None = None,
+    retries: int = 0,
+) -> dict[str, float]:
+    """The ``compute/*`` metrics (``vocabulary.COMPUTE_METRICS``) of a trial that ended.
 
-    diverged: its last result says so (even if it then raised); failed: it raised; completed:
-    its last epoch is the planned ``train.epochs``; otherwise Tune stopped it early (the ASHA
-    scheduler or a stopper).
+    Wall seconds are the last result's ``wall_seconds`` (Tune's ``time_total_s`` if absent);
+    CPU and GPU seconds are *reserved* ones, wall x ``num_workers`` x ``cpus_per_worker`` /
+    ``gpus_per_worker`` of the resolved ``resources`` section (left out without it).
     """
-    last_result = last_result or {}
-    epoch = last_result.get("epoch")
-    if last_result.get("status") == "diverged":
-        reason = last_result.get("reason") or "non-finite loss"
-        return "diverged", f"diverged at epoch {epoch}: {reason}"
-    if errored:
-        return "failed", f"failed after epoch {epoch or 0} of {planned_epochs}"
-    if epoch is not None and int(epoch) >= planned_epochs:
-        return "completed", f"completed {planned_epochs} epochs"
-    return "stopped", f"stopped by the scheduler (ASHA) at epoch {epoch or 0} of {planned_epochs}"
+    wall = float(result.get("wall_seconds", result.get("time_total_s", 0.0)) or 0.0)
+    compute = {
+        "compute/epochs_run": float(epochs_run),
+        "compute/wall_seconds": wall,
+        "compute/retries": float(retries),
+    }
+    if resources:
+        workers = float(resources.get("num_workers", 1))
+        compute["compute/cpu_seconds"] = (
+            wall * workers * float(resources.get("cpus_per_worker", 1.0))
+        )
+        compute["compute/gpu_seconds"] = (
+            wall * workers * float(resources.get("gpus_per_worker", 0.0))
+        )
+    assert set(compute) <= set(vocabulary.COMPUTE_METRICS)
+    return compute
 
 
 # ----------------------------------------------------------------------------- environment
@@ -311,7 +311,35 @@ def environment_tags(cwd: str | os.PathLike[str] | None = None) -> dict[str, str
     return tags
 
 
-# ----------------------------------------------------------------------------- tracker
+# ----------------------------------------------------------------------------- run layout
+
+
+def search_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    """Every active run of the experiment matching ``filter_string``, oldest first (all pages
+    of ``MlflowClient.search_runs``). The one search of the writer and the reader."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """The trial runs nested under a sweep's parent run, oldest first."""
+    return search_runs(client, experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+# ----------------------------------------------------------------------------- writer
 
 
 @dataclass
@@ -344,7 +372,7 @@ class SweepTracker:
     def __init__(
         self,
         tracking_uri: str,
-        sweep: str,
+        experiment: str,
         *,
         execution: str | None = None,
         spec_text: str | None = None,
@@ -353,7 +381,7 @@ class SweepTracker:
         tags: dict[str, str] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
-        self.sweep = sweep
+        self.experiment = experiment
         self.execution = execution or time.strftime("%Y-%m-%d_%H-%M-%S")
         self.spec_text = spec_text
         self.storage_path = str(storage_path) if storage_path is not None else None
@@ -394,12 +422,14 @@ class SweepTracker:
             return self.parent_run_id  # type: ignore[return-value]
         check_reachable(self.tracking_uri)
         self.experiment_id = self._experiment_id()
-        existing = self._search(
-            f"tags.`{TAG_SWEEP}` = '{self.sweep}' and tags.`{TAG_EXECUTION}` = "
-            f"'{self.execution}' and tags.`{TAG_ROLE}` = 'sweep'"
+        existing = search_runs(
+            self.client,
+            self.experiment_id,
+            f"tags.`{TAG_SWEEP}` = '{self.experiment}' and tags.`{TAG_EXECUTION}` = "
+            f"'{self.execution}' and tags.`{TAG_ROLE}` = 'sweep'",
         )
         tags = {
-            TAG_SWEEP: self.sweep,
+            TAG_SWEEP: self.experiment,
             TAG_EXECUTION: self.execution,
             TAG_ROLE: "sweep",
             **environment_tags(),
@@ -415,7 +445,7 @@ class SweepTracker:
             logger.info("MLflow: continuing parent run %s", self.parent_run_id)
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"{self.sweep} @ {self.execution}", tags=tags
+                self.experiment_id, run_name=f"{self.experiment} @ {self.execution}", tags=tags
             )
             self.parent_run_id = run.info.run_id
         if self.spec_text is not None:
@@ -494,7 +524,7 @@ class SweepTracker:
                 tags={
                     MLFLOW_PARENT_RUN_ID: self.parent_run_id,
                     TAG_ROLE: "trial",
-                    TAG_SWEEP: self.sweep,
+                    TAG_SWEEP: self.experiment,
                     TAG_EXECUTION: self.execution,
                     TAG_TRIAL_ID: trial_id,
                     TAG_VARYING: json.dumps(varying, sort_keys=True),
@@ -544,11 +574,14 @@ class SweepTracker:
     ) -> None:
         """End a trial's run: status tags, compute metrics, the error (tag + error.txt).
 
-        ``status`` is an ``ablate.status`` value (``TRIAL_STATUSES``); ``resources`` the
-        resolved ``resources`` section, to turn wall seconds into CPU/GPU seconds reserved.
+        ``status`` is an ``ablate.status`` value (``vocabulary.TRIAL_STATUSES``); ``resources``
+        the resolved ``resources`` section, to turn wall seconds into CPU/GPU seconds reserved.
+        Raises ValueError for another status, KeyError for a trial without a run.
         """
-        if status not in TRIAL_STATUSES:
-            raise ValueError(f"status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}")
+        if status not in vocabulary.TRIAL_STATUSES:
+            raise ValueError(
+                f"status must be one of {sorted(vocabulary.TRIAL_STATUSES)}, got {status!r}"
+            )
         state = self._trials.get(trial_id)
         if state is None:
             raise KeyError(f"trial {trial_id} has no run: call start_trial first")
@@ -557,17 +590,7 @@ class SweepTracker:
         if result and result_epoch(result) > state.last_epoch:
             self.log_epoch(trial_id, result)
         epochs_run = result_epoch(result) if result else state.last_epoch
-        wall = float(result.get("wall_seconds", result.get("time_total_s", 0.0)) or 0.0)
-        compute = {"compute/epochs_run": float(epochs_run), "compute/wall_seconds": wall}
-        compute["compute/retries"] = float(retries)
-        if resources:
-            workers = float(resources.get("num_workers", 1))
-            compute["compute/cpu_seconds"] = (
-                wall * workers * float(resources.get("cpus_per_worker", 1.0))
-            )
-            compute["compute/gpu_seconds"] = (
-                wall * workers * float(resources.get("gpus_per_worker", 0.0))
-            )
+        compute = compute_metrics(result, epochs_run, resources, retries)
         tags = {TAG_STATUS: status, TAG_STATUS_DETAIL: detail or status}
         tags["ablate.epochs_run"] = str(epochs_run)
         if status == "stopped":
@@ -575,7 +598,7 @@ class SweepTracker:
         if result.get("reason"):
             tags[TAG_REASON] = str(result["reason"])[:_MAX_ERROR_TAG]
         if error:
-            tags[TAG_ERROR] = error_summary(error)
+            tags[TAG_ERROR] = vocabulary.error_line(error, _MAX_ERROR_TAG)
             self.client.log_text(state.run_id, error, "error.txt")
         timestamp = _now_ms()
         self._log(
@@ -583,7 +606,7 @@ class SweepTracker:
             metrics=[Metric(k, v, timestamp, epochs_run) for k, v in compute.items()],
             tags=tags,
         )
-        self.client.set_terminated(state.run_id, TRIAL_STATUSES[status])
+        self.client.set_terminated(state.run_id, vocabulary.TRIAL_STATUSES[status])
         state.finished = True
 
     def run_id(self, trial_id: str) -> str | None:
@@ -597,34 +620,17 @@ class SweepTracker:
     # -- internals
 
     def _experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.sweep)
+        experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
             return self.client.create_experiment(
-                self.sweep, artifact_location=self.artifact_location
+                self.experiment, artifact_location=self.artifact_location
             )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
 
-    def _search(self, filter_string: str) -> list[Any]:
-        runs: list[Any] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],  # type: ignore[list-item]
-                filter_string=filter_string,
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=1000,
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
-    def _children(self) -> list[Any]:
-        return self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'")
+    def _children(self) -> list[Run]:
+        return child_runs(self.client, self.experiment_id, self.parent_run_id)  # type: ignore[arg-type]
 
     def _load_children(self) -> None:
         for run in self._children():
@@ -652,16 +658,6 @@ class SweepTracker:
             self.client.log_batch(run_id, tags=chunk)
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
-
-
-def error_summary(text: str, limit: int = _MAX_ERROR_TAG) -> str:
-    """The line of a traceback that says what went wrong (its last non-empty line), capped."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return _truncate(lines[-1] if lines else text, limit)
 
 
 # ----------------------------------------------------------------------------- Tune callback
@@ -737,11 +733,11 @@ class MlflowCallback(Callback):
         if self.tracker.run_id(trial.trial_id) is None:
             self._start(trial)
         config, _, _ = _trial_param(trial)
-        status, detail = trial_outcome(trial.last_result, config["train"]["epochs"], errored)
+        outcome = vocabulary.trial_outcome(trial.last_result, config["train"]["epochs"], errored)
         self.tracker.finish_trial(
             trial.trial_id,
-            status,
-            detail=detail,
+            outcome.status,
+            detail=outcome.detail,
             error=_read_error(trial) if errored else None,
             last_result=trial.last_result or None,
             resources=config.get("resources"),
@@ -772,18 +768,131 @@ class MlflowCallback(Callback):
         self._guard("on_experiment_end", end)
 
 
+# ----------------------------------------------------------------------------- reader
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def find_parent_run(client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> Run:
+    """The given parent run, else the experiment's latest sweep (parent) run.
+
+    Raises LookupError when the experiment has no sweep run.
+    """
+    if parent_run_id is not None:
+        return client.get_run(parent_run_id)
+    parents = search_runs(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'")
+    if not parents:
+        raise LookupError(f"experiment {experiment_id} has no sweep (parent) run")
+    return parents[-1]
+
+
+def run_row(run: Run) -> tuple[Row, list[str]]:
+    """One trial's row of the results table and its varying keys.
+
+    Varying values keep their type (numbers stay numbers), except lists and dicts, which are
+    written as ``vocabulary.format_value`` writes them (op lists ``crop+color``). Metrics are
+    ``vocabulary.RESULT_METRICS`` and ``COMPUTE_METRICS``, None where the run has none.
+    """
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    varying = json.loads(tags.get(TAG_VARYING, "{}"))
+    status = "running" if run.info.status == "RUNNING" else tags.get(TAG_STATUS, "running")
+    row: Row = {
+        "trial_id": tags.get(TAG_TRIAL_ID, ""),
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name or "",
+        "replicate": _int_or_none(tags.get(TAG_REPLICATE)) or 0,
+        "seed": _int_or_none(params.get("train.seed")),
+        "status": status,
+        "status_detail": tags.get(TAG_STATUS_DETAIL, ""),
+        "epochs_planned": _int_or_none(params.get("train.epochs")),
+    }
+    for key, value in varying.items():
+        is_text = isinstance(value, (list, tuple, dict))
+        row[key] = vocabulary.format_value(value) if is_text else value
+    for key in (*vocabulary.RESULT_METRICS, *vocabulary.COMPUTE_METRICS):
+        value = metrics.get(key)
+        row[key] = float(value) if value is not None else None
+    return row, list(varying)
+
+
+def load_results(
+    client: MlflowClient,
+    experiment: str,
+    parent_run_id: str | None = None,
+    metric: str = vocabulary.DEFAULT_RANKING_METRIC,
+) -> SweepResults:
+    """Read one sweep execution back: a row per trial, the varying keys and the per-epoch
+    history of ``metric``. ``parent_run_id`` defaults to the experiment's latest sweep run.
+
+    Raises LookupError (naming the experiments there are) for an unknown experiment.
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise LookupError(f"no MLflow experiment {experiment!r}; experiments: {names}")
+    parent = find_parent_run(client, found.experiment_id, parent_run_id)
+    rows: list[Row] = []
+    keys: list[str] = []
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for run in child_runs(client, found.experiment_id, parent.info.run_id):
+        row, varying = run_row(run)
+        rows.append(row)
+        keys.extend(k for k in varying if k not in keys)
+        history = client.get_metric_history(run.info.run_id, metric)
+        by_step = {int(m.step): float(m.value) for m in history}
+        histories[run.info.run_id] = sorted(by_step.items())
+    return SweepResults(experiment, parent.info.run_id, rows, keys, histories)
+
+
+def publish_report(
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    metric: str = vocabulary.DEFAULT_RANKING_METRIC,
+    mode: str = "max",
+    log_to_mlflow: bool = True,
+) -> Report:
+    """Read one sweep execution back from MLflow, write its report and log it under
+    ``report/`` of the parent run (unless ``log_to_mlflow`` is False).
+
+    ``metric`` and ``mode`` are the sweep's ranking (``scheduler.metric`` / ``scheduler.mode``),
+    so that ``summary.md`` ranks as ``summary.json`` does. ``out_dir`` defaults to
+    ``reports/<experiment>/<parent run id>`` under the working directory. Raises LookupError
+    for an unknown experiment or one without a sweep run.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    results = load_results(client, experiment, parent_run_id, metric)
+    out = Path(out_dir) if out_dir else Path("reports") / experiment / results.parent_run_id
+    built = report.build_report(results, out, metric=metric, mode=mode)
+    if log_to_mlflow:
+        client.log_artifacts(results.parent_run_id, str(built.out_dir), artifact_path="report")
+    return built
+
+
 __all__ = [
     "RUN_NAME_ALIASES",
-    "TRIAL_STATUSES",
     "MlflowCallback",
     "SweepTracker",
     "TrackingError",
     "check_reachable",
+    "child_runs",
+    "compute_metrics",
     "config_params",
     "default_artifact_location",
     "default_tracking_uri",
     "epoch_metrics",
+    "find_parent_run",
+    "load_results",
+    "publish_report",
     "resolve_tracking_uri",
     "run_name",
-    "trial_outcome",
+    "run_row",
+    "search_runs",
 ]

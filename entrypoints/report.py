@@ -1,10 +1,11 @@
 """Write the report of a sweep from its MLflow runs.
 
     python -m entrypoints.report --experiment NAME [--run PARENT_RUN_ID]
-        [--tracking-uri URI] [--out DIR] [--metric val/knn_top1] [--no-log]
+        [--tracking-uri URI] [--out DIR] [--metric val/knn_top1] [--mode max] [--no-log]
 
-The tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default store keeps it at
-``sqlite:////<storage_path>/mlflow.db``.
+Rank with the sweep's own ``scheduler.metric`` and ``scheduler.mode`` to get the ranking of its
+``summary.json``. The tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default
+store keeps it at ``sqlite:////<storage_path>/mlflow.db``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import argparse
 import os
 import sys
 
-from ablate.report import RANKING_METRIC, build_report
+from ablate.vocabulary import DEFAULT_RANKING_METRIC
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m entrypoints.report", description=__doc__)
-    parser.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
+    parser.add_argument("--experiment", required=True, help="MLflow experiment (the sweep's)")
     parser.add_argument("--run", default=None, help="parent run id (default: the latest sweep)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     parser.add_argument("--out", default=None, help="output directory")
-    parser.add_argument("--metric", default=RANKING_METRIC, help="ranking metric")
+    parser.add_argument("--metric", default=DEFAULT_RANKING_METRIC, help="ranking metric")
+    parser.add_argument("--mode", default="max", choices=("max", "min"), help="ranking direction")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
     if not args.tracking_uri:
@@ -30,13 +32,16 @@ def main(argv: list[str] | None = None) -> int:
             "no tracking URI: pass --tracking-uri (a sweep's default store is "
             "sqlite:////<storage_path>/mlflow.db) or set MLFLOW_TRACKING_URI"
         )
+    from ablate.tracking import publish_report  # imports Ray and MLflow: after the arguments
+
     try:
-        report = build_report(
+        report = publish_report(
             args.tracking_uri,
             args.experiment,
-            parent_run_id=args.run,
+            args.run,
             out_dir=args.out,
             metric=args.metric,
+            mode=args.mode,
             log_to_mlflow=not args.no_log,
         )
     except LookupError as exc:

@@ -1,4 +1,5 @@
-"""Ablation reports: runs read back from a real MLflow SQLite store, tables, figures, findings."""
+"""Ablation reports: runs read back from a real MLflow SQLite store (``tracking``), and the
+tables, figures, findings and summary built from a results table (``report``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from ablate.report import (
     summary_markdown,
     write_results_table,
 )
-from ablate.tracking import SweepTracker, default_tracking_uri, trial_outcome
+from ablate.tracking import SweepTracker, default_tracking_uri, publish_report
+from ablate.vocabulary import trial_outcome
 from entrypoints.report import main as report_main
 
 EPOCHS = 3
@@ -82,11 +84,11 @@ def log_trial(
                 }
             )
         tracker.log_epoch(trial_id, result)
-    status, detail = trial_outcome(result, EPOCHS, errored=error is not None)
+    outcome = trial_outcome(result, EPOCHS, errored=error is not None)
     tracker.finish_trial(
         trial_id,
-        status,
-        detail=detail,
+        outcome.status,
+        detail=outcome.detail,
         error=error,
         resources={"num_workers": 1, "cpus_per_worker": 2.0, "gpus_per_worker": 0.0},
     )
@@ -112,7 +114,7 @@ def aug_sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aug_report(aug_sweep, tmp_path_factory):
     uri, _ = aug_sweep
-    return build_report(uri, "aug-sweep", out_dir=tmp_path_factory.mktemp("aug_report"))
+    return publish_report(uri, "aug-sweep", out_dir=tmp_path_factory.mktemp("aug_report"))
 
 
 def test_results_table_has_one_row_per_trial(aug_report, aug_sweep):
@@ -200,7 +202,7 @@ def test_head_and_batch_sweep_figures_and_findings(tmp_path):
         varying = {"model.head": head, "train.batch_size": batch}
         log_trial(tracker, f"{head}-{batch}", varying, 0, score)
     tracker.close("FINISHED")
-    report = build_report(uri, "head-batch", out_dir=tmp_path / "report", log_to_mlflow=False)
+    report = publish_report(uri, "head-batch", out_dir=tmp_path / "report", log_to_mlflow=False)
     names = {path.name for path in report.figures}
     assert {"projection_head.png", "projection_head.svg", "batch_size_epochs.svg"} <= names
     assert not any(name.startswith("augmentation") for name in names)
@@ -406,7 +408,7 @@ def test_stopped_trials_still_improving_are_flagged():
         "falling": [(2, 0.40), (4, 0.30)],
         "one_point": [(2, 0.50)],
     }
-    results = SweepResults("e", "1", "p", rows, ["augment.ops"], histories)
+    results = SweepResults("e", "p", rows, ["augment.ops"], histories)
 
     found = stopped_while_improving(results, "val/knn_top1")
     assert [(row["run_name"], epoch) for row, epoch, _, _ in found] == [("climbing", 4)]
@@ -418,5 +420,32 @@ def test_stopped_trials_still_improving_are_flagged():
     assert "before any trend showed: 1." in text and "raise `scheduler.grace_period`" in text
     assert "| climbing | 4 | 0.4700 | +0.1200 | 0.8500 |" in text
     # Nothing stopped: no early-stopping section at all.
-    completed = SweepResults("e", "1", "p", rows[:1], ["augment.ops"], histories)
+    completed = SweepResults("e", "p", rows[:1], ["augment.ops"], histories)
     assert "## Early stopping" not in summary_markdown(completed, [], [], "val/knn_top1")
+
+
+def test_summary_is_ranked_by_the_sweeps_metric_and_mode(tmp_path):
+    """summary.md ranks as summary.json does: by the sweep's metric, not always val/knn_top1."""
+
+    def trial(name: str, head: str, knn: float, online: float) -> dict:
+        return {
+            **{"run_id": name, "run_name": name, "status": "completed", "status_detail": ""},
+            **{"model.head": head, "val/knn_top1": knn, "val/online_top1": online},
+        }
+
+    rows = [
+        trial("a0", "nonlinear", 0.80, 0.50),  # the kNN winner
+        trial("a1", "nonlinear", 0.82, 0.52),
+        trial("b0", "linear", 0.60, 0.70),  # the online-probe winner
+        trial("b1", "linear", 0.62, 0.72),
+    ]
+    results = SweepResults("e", "p", rows, ["model.head"])
+
+    def first_ranked(**ranking) -> str:
+        report = build_report(results, tmp_path / str(ranking), **ranking)
+        lines = report.summary_path.read_text().splitlines()
+        return next(line for line in lines if line.startswith("| 1 |"))
+
+    assert first_ranked(metric="val/online_top1") == "| 1 | linear | 2 | 0.7100 ± 0.0141 |"
+    assert first_ranked(metric="val/knn_top1").startswith("| 1 | nonlinear | 2 | 0.8100 ± ")
+    assert first_ranked(metric="val/online_top1", mode="min").startswith("| 1 | nonlinear |")

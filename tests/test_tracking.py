@@ -24,8 +24,8 @@ from ablate.tracking import (
     config_params,
     default_tracking_uri,
     run_name,
-    trial_outcome,
 )
+from ablate.vocabulary import Outcome, trial_outcome
 
 EPOCHS = 3
 SPEC_YAML = "name: track-test\nsearch:\n  model.head: [nonlinear, linear, none]\n"
@@ -355,14 +355,32 @@ def test_run_name_aliases():
 
 
 def test_trial_outcome():
-    assert trial_outcome({"epoch": 3, "status": "completed"}, 3) == (
+    assert trial_outcome({"epoch": 3, "status": "completed"}, 3) == Outcome(
         "completed",
         "completed 3 epochs",
     )
-    assert trial_outcome({"epoch": 1, "status": "running"}, 3)[0] == "stopped"
+    assert trial_outcome({"epoch": 1, "status": "running"}, 3).status == "stopped"
     diverged = trial_outcome({"epoch": 2, "status": "diverged", "reason": "nan"}, 3, errored=True)
-    assert diverged == ("diverged", "diverged at epoch 2: nan")
-    assert trial_outcome({}, 3, errored=True)[0] == "failed"
+    assert diverged == Outcome("diverged", "diverged at epoch 2: nan")
+    assert trial_outcome({}, 3, errored=True).status == "failed"
+
+
+def test_a_trial_that_never_reported_an_epoch_ends_interrupted(tmp_path):
+    """Tune ended it before its first result (the sweep was stopped): not 'stopped' by ASHA,
+    whose rungs need a reported epoch, but interrupted; its run ends KILLED, with 0 epochs."""
+    outcome = trial_outcome({"training_iteration": None}, EPOCHS)
+    assert outcome.status == "interrupted"
+    uri = default_tracking_uri(tmp_path)
+    param = trial_param("linear", 0)
+    tracker = SweepTracker(uri, "never-reported", execution="e1")
+    run_id = tracker.start_trial("t-1", param["config"], param["varying"], 0)
+    tracker.finish_trial("t-1", outcome.status, detail=outcome.detail)
+    tracker.close("FINISHED")
+    run = MlflowClient(uri).get_run(run_id)
+    assert (run.data.tags["ablate.status"], run.info.status) == ("interrupted", "KILLED")
+    assert run.data.tags["ablate.status_detail"] == outcome.detail
+    assert run.data.metrics["compute/epochs_run"] == 0
+    assert tracker.experiment == "never-reported"
 
 
 def test_long_param_values_are_capped():
