@@ -1,19 +1,24 @@
 """One trial: SimCLR pretraining plus evaluation, run by a Ray Train ``TorchTrainer``.
 
 ``build_trainer(config)`` turns a resolved trial config (``ablate.config.TrialConfig``) into a
-``TorchTrainer`` whose workers run ``train_loop_per_worker``. The loop builds everything from
-the config, pretrains with the global batch split over the workers (DDP; gloo on CPU, nccl on
-GPU), and reports once per epoch through ``ray.train.report``:
+``TorchTrainer`` whose workers run ``train_loop_per_worker``; ``fit_trial`` runs one to the end
+outside Tune. The loop pretrains with the global batch split over the workers (DDP; gloo on
+CPU, nccl on GPU) and reads top to bottom in its parts:
 
-    epoch, train/loss, train/contrastive_top1, train/lr, train/images_per_sec,
-    train/epoch_seconds, val/knn_top1 (carried between evaluations), val/online_top1,
-    wall_seconds, overhead_seconds, restored_epoch,
-    status ("running" | "completed" | "diverged"), reason
+* build: ``build_worker`` (data, model, optimiser, schedule, online probe), ``distribute``;
+* checkpoint: ``write_checkpoint`` / ``read_checkpoint`` own the layout, ``resume`` reads Ray
+  Train's latest; ``report`` sends an epoch's result, with a checkpoint when one is due;
+* one epoch: ``run_epoch`` (the steps of ``pretraining_step``);
+* evaluation: ``evaluate`` -> ``validation_monitors`` or ``final_evaluation``;
+* fault injection: ``ablate.faults.FaultInjector``, called at start, per epoch and after each
+  report.
 
-The last epoch (and each of ``eval.probe.epochs``) adds the offline linear probe, kNN and the
-online probe on the validation and test splits (``val/probe_top1``, ``val/probe_top5``,
-``test/probe_top1``, ``test/probe_top5``, ``test/knn_top1``, ``test/online_top1``;
-``*/semi_top1`` when semi-supervised fine-tuning is on), reported at that epoch only.
+Every epoch reports ``epoch``, ``vocabulary.EPOCH_METRICS``, the latest
+``vocabulary.MONITOR_METRICS`` (``val/knn_top1``, ``val/online_top1``, carried between
+evaluations) and ``vocabulary.TEXT_KEYS`` (status "running" | "completed" | "diverged",
+reason). The last epoch (and each of ``eval.probe.epochs``) adds ``vocabulary.FINAL_METRICS``:
+the offline linear probe, kNN and the online probe on the validation and test splits and, with
+semi-supervised fine-tuning, ``*/semi_top1``/``*/semi_top5``, reported at that epoch only.
 Ranking and early stopping use ``val/knn_top1``: it is comparable across batch sizes and
 temperatures, unlike the contrastive loss, and it never touches the test split.
 """
@@ -21,24 +26,18 @@ temperatures, unlike the contrastive loss, and it never touches the test split.
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ablate import vocabulary
 from ablate.config import TrialConfig
-
-#: Rows of the report that are not metrics (strings); every other key is a number.
-TEXT_KEYS = ("status", "reason")
-CHECKPOINT_FILE = "state.pt"
-#: Monitors reported at every epoch, carried from their latest evaluation (``eval_every``).
-CARRIED_METRICS = ("val/knn_top1", "val/online_top1")
-
+from ablate.faults import FaultInjector
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -85,18 +84,21 @@ class TrialData:
     """The arrays one worker needs, split once from the decoded dataset."""
 
     images: np.ndarray  # (N, H, W, C) uint8, the whole training set (zero-copy view)
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64, writable copy
     pretrain_idx: np.ndarray  # rows used for pretraining (train minus validation)
     val_idx: np.ndarray  # the held-out, class-balanced validation rows
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    test_images: np.ndarray  # (M, H, W, C) uint8 (zero-copy view)
+    test_labels: np.ndarray  # (M,) int64, writable copy
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
 
 def prepare_data(config: TrialConfig, runtime: dict[str, Any]) -> TrialData:
-    """Load (or receive from the object store) the decoded dataset and split it."""
+    """Load (or receive from the object store) the decoded dataset and split it.
+
+    Images stay the dataset's (possibly read-only) arrays; labels are writable int64 copies.
+    """
     from ablate import data as data_lib
 
     dataset_ref = runtime.get("dataset_ref")
@@ -106,7 +108,11 @@ def prepare_data(config: TrialConfig, runtime: dict[str, Any]) -> TrialData:
         dataset = ray.get(dataset_ref[0])
     else:
         dataset = data_lib.load_dataset(config.data, cache_dir=runtime.get("data_cache_dir"))
-    labels = np.asarray(dataset.train.labels)
+    # The labels are copied (8 bytes an image, against the images' H*W*C): the cache's memory
+    # maps and Ray's object store hand out read-only arrays, which torch.from_numpy warns about
+    # and must not write to. The images stay zero-copy views; every use indexes or slices
+    # them into a copy first.
+    labels = np.array(dataset.train.labels, dtype=np.int64)
     train_idx, val_idx = data_lib.train_val_split(
         labels, config.data.val_fraction, config.data.seed
     )
@@ -118,7 +124,7 @@ def prepare_data(config: TrialConfig, runtime: dict[str, Any]) -> TrialData:
         pretrain_idx=np.asarray(train_idx),
         val_idx=np.asarray(val_idx),
         test_images=dataset.test.images,
-        test_labels=np.asarray(dataset.test.labels),
+        test_labels=np.array(dataset.test.labels, dtype=np.int64),
         num_classes=len(dataset.class_names),
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
@@ -251,250 +257,256 @@ def pretraining_step(
     )
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- build
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ray Train worker entry point: ``{"config": resolved TrialConfig, "runtime": {...}}``.
+@dataclass
+class Worker:
+    """What one worker of a trial holds, built once from the trial config (``build_worker``)."""
 
-    ``runtime`` holds what is not part of the experiment's definition: ``launched_at`` (the
-    trial's start, to measure the fixed per-trial overhead), ``dataset_ref`` (a one-element list
-    with an object-store reference to the decoded dataset) or ``data_cache_dir``.
+    config: TrialConfig
+    rank: int
+    world_size: int
+    data: TrialData
+    parts: Pretraining  # model, optimiser, schedule, loss, augmentation, device, precision
+    online: Any  # ablate.probe.OnlineProbe on the encoder's features
+    local_batch: int  # this worker's share of train.batch_size
+    steps_per_epoch: int
 
-    Returns every epoch's report, the epochs before a restart included (they travel in the
-    checkpoint), which ``TorchTrainer.fit().return_value`` hands to the caller.
+    @property
+    def device(self) -> torch.device:
+        return self.parts.device
+
+
+def build_worker(
+    config: TrialConfig,
+    runtime: dict[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+) -> Worker:
+    """Seed, load and split the data, build the model, optimiser and online probe of ``config``
+    for worker ``rank`` of ``world_size`` (``runtime``: see ``train_loop_per_worker``).
+
+    Raises ValueError when one step's batch exceeds the pretraining set.
     """
-    import ray.train
-    import ray.train.torch
-
     from ablate import probe
 
-    config = TrialConfig.model_validate(loop_config["config"])
-    runtime = loop_config.get("runtime", {})
-    launched_at = runtime.get("launched_at") or time.time()
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
+    device = device or torch.device("cpu")
     torch.manual_seed(config.train.seed)
-
-    trial_data = prepare_data(config, runtime)
+    data = prepare_data(config, runtime)
     local_batch = config.train.batch_size // world_size
-    shard_len = len(trial_data.pretrain_idx) // world_size
-    steps_per_epoch = shard_len // local_batch
+    steps_per_epoch = len(data.pretrain_idx) // world_size // local_batch
     if steps_per_epoch < 1:
         raise ValueError(
             f"train.batch_size={config.train.batch_size} is larger than the pretraining set "
-            f"({len(trial_data.pretrain_idx)} images after the validation split)"
+            f"({len(data.pretrain_idx)} images after the validation split)"
         )
     if config.train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
-
-    parts = build_pretraining(config, trial_data.mean, trial_data.std, device, steps_per_epoch)
-    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
-    channels_last, amp_dtype = parts.channels_last, parts.amp_dtype
-    feat_dim = _unwrap(model).encoder.feat_dim
-    online = probe.OnlineProbe(feat_dim, trial_data.num_classes, config.eval.online_probe_lr)
+    parts = build_pretraining(config, data.mean, data.std, device, steps_per_epoch)
+    online = probe.OnlineProbe(
+        _bare(parts.model).encoder.feat_dim, data.num_classes, config.eval.online_probe_lr
+    )
     online.to(device)
-
-    start_epoch, carried = 0, {"val/knn_top1": float("nan")}
-    history: list[dict[str, Any]] = []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(
-                os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=True
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        online.load_state_dict(state["online_probe"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = int(state["epoch"])
-        carried.update({k: float(v) for k, v in state["carried_metrics"].items()})
-        history = list(state["history"])
-    resumed = checkpoint is not None
-    restored_epoch = start_epoch
-
-    model = ray.train.torch.prepare_model(model, move_to_device=False)
-    if config.train.compile:
-        model = torch.compile(model)
-    parts.model = model
-    generator = torch.Generator(device=device)
-    wall_start = time.time()
-    overhead = None
-    faults = config.train.faults
-    if faults.raise_at_start:
-        raise RuntimeError(faults.raise_at_start)
-
-    def evaluate_knn() -> dict[str, float]:
-        encoder_eval = _unwrap(model).encoder
-        bank = trial_data.pretrain_idx
-        feats = probe.extract_features(
-            encoder_eval,
-            trial_data.images[np.concatenate([bank, trial_data.val_idx])],
-            trial_data.mean,
-            trial_data.std,
-            device=device,
-            channels_last=channels_last,
-            autocast_dtype=amp_dtype,
-        )
-        return monitor_metrics(
-            "val",
-            feats[: len(bank)],
-            torch.from_numpy(trial_data.labels[bank]),
-            feats[len(bank) :],
-            torch.from_numpy(trial_data.labels[trial_data.val_idx]),
-            online,
-            config,
-            trial_data.num_classes,
-        )
-
-    for epoch in range(start_epoch + 1, config.train.epochs + 1):
-        _unwrap(model).train()
-        generator.manual_seed(epoch_seed(config.train.seed, rank, epoch))
-        order = trial_data.pretrain_idx[
-            _shard(len(trial_data.pretrain_idx), rank, world_size, epoch, config)
-        ]
-        epoch_start = time.time()
-        loss_sum = top1_sum = torch.zeros((), device=device)
-        steps_done = 0
-        diverged_reason = ""
-        for step in range(steps_per_epoch):
-            if overhead is None:
-                overhead = time.time() - launched_at
-            rows = np.sort(order[step * local_batch : (step + 1) * local_batch])
-            result = pretraining_step(
-                parts,
-                to_device_batch(trial_data.images, rows, device, channels_last),
-                generator,
-                online if config.eval.online_probe else None,
-                torch.from_numpy(trial_data.labels[rows]).to(device),
-                poison=faults.nan_loss_at_epoch == epoch,
-            )
-            if not result.finite:
-                diverged_reason = (
-                    f"non-finite loss ({result.loss.item()}) at epoch {epoch}, step {step + 1}; "
-                    f"lr={scheduler.get_last_lr()[0]:.4g}"
-                )
-                break
-            loss_sum = loss_sum + result.loss
-            top1_sum = top1_sum + result.contrastive_top1
-            steps_done += 1
-        local_sums = [loss_sum.item(), top1_sum.item(), float(steps_done)]  # waits for the device
-        epoch_seconds = time.time() - epoch_start
-        loss_sum, top1_sum, steps_done = _all_reduce_sum(local_sums, device)
-        steps_done = max(steps_done, 1.0)
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train/loss": loss_sum / steps_done,
-            "train/contrastive_top1": top1_sum / steps_done,
-            "train/lr": scheduler.get_last_lr()[0],
-            "train/images_per_sec": steps_done * local_batch / max(epoch_seconds, 1e-9),
-            "train/epoch_seconds": epoch_seconds,
-            "overhead_seconds": overhead if overhead is not None else float("nan"),
-            # The checkpoint epoch this worker group started from: > 0 after a restart.
-            "restored_epoch": restored_epoch,
-            "status": "running",
-            "reason": "",
-        }
-        if diverged_reason:
-            metrics.update(carried, status="diverged", reason=diverged_reason)
-            metrics["wall_seconds"] = time.time() - wall_start
-            history.append(metrics)
-            ray.train.report(metrics)
-            return history
-
-        last = epoch == config.train.epochs
-        probe_now = last or epoch in config.eval.probe.epochs
-        probe_results: dict[str, float] = {}
-        if rank == 0 and probe_now:
-            # Extracts the features once for the probe and the kNN monitor alike.
-            probe_results = final_evaluation(model, online, trial_data, config, device, amp_dtype)
-            carried.update({k: v for k, v in probe_results.items() if k in CARRIED_METRICS})
-        elif rank == 0 and epoch % config.eval.eval_every == 0:
-            carried.update(evaluate_knn())
-        metrics.update(carried)
-        metrics.update(probe_results)  # only at the epoch it was measured
-        if last:
-            metrics["status"] = "completed"
-        metrics["wall_seconds"] = time.time() - wall_start
-        history.append(metrics)
-
-        save = epoch % config.train.checkpoint_every == 0 or last
-        if save:
-            with tempfile.TemporaryDirectory() as directory:
-                checkpoint_out = None
-                if rank == 0:
-                    torch.save(
-                        {
-                            "model": _unwrap(_uncompiled(model)).state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "online_probe": online.state_dict(),
-                            "torch_rng": torch.get_rng_state(),
-                            "epoch": epoch,
-                            "carried_metrics": dict(carried),
-                            "history": history,
-                        },
-                        os.path.join(directory, CHECKPOINT_FILE),
-                    )
-                    checkpoint_out = ray.train.Checkpoint.from_directory(directory)
-                ray.train.report(
-                    metrics, checkpoint=checkpoint_out, checkpoint_dir_name=f"epoch_{epoch:05d}"
-                )
-        else:
-            ray.train.report(metrics)
-
-        if faults.raise_once_at_epoch == epoch and not resumed and rank == 0:
-            raise RuntimeError(
-                f"injected fault: worker raised after epoch {epoch} "
-                "(train.faults.raise_once_at_epoch)"
-            )
-        if faults.kill_once_at_epoch == epoch and not resumed and rank == 0:
-            if save:
-                _wait_for_registered_checkpoint(f"epoch_{epoch:05d}")
-            # A real crash of this worker process: no exception, no cleanup, no goodbye.
-            os.kill(os.getpid(), signal.SIGKILL)
-    return history
+    return Worker(config, rank, world_size, data, parts, online, local_batch, steps_per_epoch)
 
 
-def _wait_for_registered_checkpoint(dir_name: str, timeout_s: float = 120.0) -> None:
-    """Block until Ray Train's controller has registered checkpoint ``dir_name`` (fault
-    injection only).
+def distribute(worker: Worker) -> None:
+    """Wrap the model for DDP (Ray Train) and, with ``train.compile``, compile it; after a
+    checkpoint was read into the bare model."""
+    import ray.train.torch
 
-    ``ray.train.report`` returns once the result is queued in this worker; the controller
-    takes it on its next poll. A worker killed before that poll loses the report and its
-    checkpoint, so ``kill_once_at_epoch`` waits until the controller's checkpoint-manager
-    snapshot on storage names the checkpoint as the latest (then kills anyway on timeout).
-    """
-    import json
+    model = ray.train.torch.prepare_model(worker.parts.model, move_to_device=False)
+    worker.parts.model = torch.compile(model) if worker.config.train.compile else model
 
+
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    """The SimCLR model inside torch.compile and DDP wrappers."""
+    return _unwrap(getattr(model, "_orig_mod", model))
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+#: The one file of a checkpoint directory: see ``write_checkpoint`` for its keys.
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TrialState:
+    """What a trial carries from epoch to epoch and across a restart, in its checkpoint."""
+
+    epoch: int = 0  # the last epoch completed
+    #: The latest value of each monitor, reported at every epoch until it is evaluated again
+    #: (the ranking metric is always present, NaN before its first evaluation, for ASHA).
+    monitors: dict[str, float] = field(
+        default_factory=lambda: {vocabulary.DEFAULT_RANKING_METRIC: float("nan")}
+    )
+    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report
+
+
+def write_checkpoint(directory: str, worker: Worker, state: TrialState) -> None:
+    """Save the worker's model, optimiser, schedule, online probe and torch RNG with ``state``
+    to ``directory/CHECKPOINT_FILE`` (the layout ``read_checkpoint`` reads)."""
+    parts = worker.parts
+    torch.save(
+        {
+            "model": _bare(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "online_probe": worker.online.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": state.epoch,
+            "carried_metrics": dict(state.monitors),
+            "history": state.history,
+        },
+        os.path.join(directory, CHECKPOINT_FILE),
+    )
+
+
+def read_checkpoint(directory: str, worker: Worker) -> TrialState:
+    """Load what ``write_checkpoint`` saved in ``directory`` into ``worker``; its state."""
+    parts = worker.parts
+    saved = torch.load(
+        os.path.join(directory, CHECKPOINT_FILE), map_location=worker.device, weights_only=True
+    )
+    _bare(parts.model).load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    worker.online.load_state_dict(saved["online_probe"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = TrialState(epoch=int(saved["epoch"]), history=list(saved["history"]))
+    state.monitors.update({k: float(v) for k, v in saved["carried_metrics"].items()})
+    return state
+
+
+def resume(worker: Worker) -> TrialState | None:
+    """The state of Ray Train's latest checkpoint of this run, loaded into ``worker``; None
+    when the run starts fresh."""
     import ray.train
 
-    storage = ray.train.get_context().get_storage()
-    snapshot, filesystem = storage.checkpoint_manager_snapshot_path, storage.storage_filesystem
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with filesystem.open_input_stream(snapshot) as stream:
-                state = json.loads(stream.read())
-        except (OSError, ValueError):
-            state = {}
-        latest = state.get("latest_checkpoint_result") or {}
-        if latest.get("checkpoint_dir_name") == dir_name:
-            return
-        time.sleep(0.2)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return read_checkpoint(directory, worker)
 
 
-def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "_orig_mod", model)
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch_{epoch:05d}"
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochResult:
+    """One epoch's pretraining, summed over every worker."""
+
+    loss_sum: float
+    top1_sum: float
+    steps: float  # steps completed by all workers together (at least 1)
+    seconds: float  # this worker's wall time for the epoch
+    started_at: float  # time.time() at its first step
+    diverged: str  # why the epoch stopped on a non-finite loss ("" if it did not)
+
+
+def run_epoch(
+    worker: Worker, generator: torch.Generator, epoch: int, poison: bool = False
+) -> EpochResult:
+    """``worker.steps_per_epoch`` pretraining steps on this worker's shard of ``epoch``; stops
+    at the first non-finite loss. ``poison``: make the losses NaN (fault injection)."""
+    config, data, parts, device = worker.config, worker.data, worker.parts, worker.device
+    _bare(parts.model).train()
+    generator.manual_seed(epoch_seed(config.train.seed, worker.rank, epoch))
+    order = data.pretrain_idx[
+        _shard(len(data.pretrain_idx), worker.rank, worker.world_size, epoch, config)
+    ]
+    online = worker.online if config.eval.online_probe else None
+    epoch_start = time.time()
+    loss_sum = top1_sum = torch.zeros((), device=device)
+    steps_done, diverged = 0, ""
+    for step in range(worker.steps_per_epoch):
+        rows = np.sort(order[step * worker.local_batch : (step + 1) * worker.local_batch])
+        result = pretraining_step(
+            parts,
+            to_device_batch(data.images, rows, device, parts.channels_last),
+            generator,
+            online,
+            torch.from_numpy(data.labels[rows]).to(device),
+            poison=poison,
+        )
+        if not result.finite:
+            diverged = (
+                f"non-finite loss ({result.loss.item()}) at epoch {epoch}, step {step + 1}; "
+                f"lr={parts.scheduler.get_last_lr()[0]:.4g}"
+            )
+            break
+        loss_sum = loss_sum + result.loss
+        top1_sum = top1_sum + result.contrastive_top1
+        steps_done += 1
+    local_sums = [loss_sum.item(), top1_sum.item(), float(steps_done)]  # waits for the device
+    seconds = time.time() - epoch_start
+    total_loss, total_top1, total_steps = _all_reduce_sum(local_sums, device)
+    return EpochResult(
+        total_loss, total_top1, max(total_steps, 1.0), seconds, epoch_start, diverged
+    )
 
 
 def _shard(n: int, rank: int, world_size: int, epoch: int, config: TrialConfig) -> np.ndarray:
     from ablate.data import shard_indices
 
     return np.asarray(shard_indices(n, rank, world_size, epoch, config.train.seed))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(worker: Worker, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The evaluations due after ``epoch`` (rank 0 only): ``(monitors, probe_results)``.
+
+    At the last epoch and each of ``eval.probe.epochs``: ``final_evaluation``, whose
+    validation monitors also update the monitors; else every ``eval.eval_every`` epochs the
+    validation monitors alone; otherwise nothing.
+    """
+    config = worker.config
+    if worker.rank != 0:
+        return {}, {}
+    if epoch == config.train.epochs or epoch in config.eval.probe.epochs:
+        # Extracts the features once for the probe and the kNN monitor alike.
+        results = final_evaluation(worker)
+        monitors = {k: v for k, v in results.items() if k in vocabulary.MONITOR_METRICS}
+        return monitors, results
+    if epoch % config.eval.eval_every == 0:
+        return validation_monitors(worker), {}
+    return {}, {}
+
+
+def validation_monitors(worker: Worker) -> dict[str, float]:
+    """``val/knn_top1`` against the pretraining bank and ``val/online_top1``."""
+    from ablate import probe
+
+    data, parts = worker.data, worker.parts
+    bank = data.pretrain_idx
+    feats = probe.extract_features(
+        _bare(parts.model).encoder,
+        data.images[np.concatenate([bank, data.val_idx])],
+        data.mean,
+        data.std,
+        device=parts.device,
+        channels_last=parts.channels_last,
+        autocast_dtype=parts.amp_dtype,
+    )
+    return monitor_metrics(
+        "val",
+        feats[: len(bank)],
+        torch.from_numpy(data.labels[bank]),
+        feats[len(bank) :],
+        torch.from_numpy(data.labels[data.val_idx]),
+        worker.online,
+        worker.config,
+        data.num_classes,
+    )
 
 
 def monitor_metrics(
@@ -527,42 +539,36 @@ def monitor_metrics(
     return results
 
 
-def final_evaluation(
-    model: torch.nn.Module,
-    online: Any,
-    trial_data: TrialData,
-    config: TrialConfig,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-) -> dict[str, float]:
+def final_evaluation(worker: Worker) -> dict[str, float]:
     """Linear probe, kNN and online probe on frozen features of the train, validation and
-    test splits (features extracted once; ``val/knn_top1`` stays the ranking metric)."""
+    test splits (features extracted once; ``val/knn_top1`` stays the ranking metric), and
+    with ``eval.semi_supervised`` fine-tuning on ``data.labelled_fraction``: the names of
+    ``vocabulary.FINAL_METRICS`` plus the validation monitors."""
     from ablate import probe
 
-    encoder = _unwrap(_uncompiled(model)).encoder
+    config, data, parts = worker.config, worker.data, worker.parts
+    encoder = _bare(parts.model).encoder
     extract = {
-        "device": device,
-        "channels_last": config.train.channels_last,
-        "autocast_dtype": amp_dtype,
+        "device": parts.device,
+        "channels_last": parts.channels_last,
+        "autocast_dtype": parts.amp_dtype,
     }
-    train_rows = trial_data.pretrain_idx
+    train_rows = data.pretrain_idx
     train_feats = probe.extract_features(
-        encoder, trial_data.images[train_rows], trial_data.mean, trial_data.std, **extract
+        encoder, data.images[train_rows], data.mean, data.std, **extract
     )
     val_feats = probe.extract_features(
-        encoder, trial_data.images[trial_data.val_idx], trial_data.mean, trial_data.std, **extract
+        encoder, data.images[data.val_idx], data.mean, data.std, **extract
     )
-    test_feats = probe.extract_features(
-        encoder, trial_data.test_images, trial_data.mean, trial_data.std, **extract
-    )
-    train_labels = torch.from_numpy(trial_data.labels[train_rows])
-    val_labels = torch.from_numpy(trial_data.labels[trial_data.val_idx])
-    test_labels = torch.from_numpy(trial_data.test_labels)
+    test_feats = probe.extract_features(encoder, data.test_images, data.mean, data.std, **extract)
+    train_labels = torch.from_numpy(data.labels[train_rows])
+    val_labels = torch.from_numpy(data.labels[data.val_idx])
+    test_labels = torch.from_numpy(data.test_labels)
     results = probe.linear_probe(
         train_feats,
         train_labels,
         {"val": (val_feats, val_labels), "test": (test_feats, test_labels)},
-        trial_data.num_classes,
+        data.num_classes,
         config.eval.probe,
         seed=config.train.seed,
     )
@@ -574,9 +580,9 @@ def final_evaluation(
                 train_labels,
                 feats,
                 labels,
-                online,
+                worker.online,
                 config,
-                trial_data.num_classes,
+                data.num_classes,
             )
         )
     semi = config.eval.semi_supervised
@@ -585,29 +591,135 @@ def final_evaluation(
 
         subset = train_rows[
             labelled_subset(
-                trial_data.labels[train_rows], config.data.labelled_fraction, config.data.seed
+                data.labels[train_rows], config.data.labelled_fraction, config.data.seed
             )
         ]
         results.update(
             probe.fine_tune(
                 encoder,
                 encoder.feat_dim,
-                trial_data.images[subset],
-                trial_data.labels[subset],
+                data.images[subset],
+                data.labels[subset],
                 {
-                    "val": (trial_data.images[trial_data.val_idx], val_labels.numpy()),
-                    "test": (trial_data.test_images, trial_data.test_labels),
+                    "val": (data.images[data.val_idx], val_labels.numpy()),
+                    "test": (data.test_images, data.test_labels),
                 },
-                trial_data.num_classes,
+                data.num_classes,
                 semi,
                 augment_fn=None,
-                mean=trial_data.mean,
-                std=trial_data.std,
-                device=device,
+                mean=data.mean,
+                std=data.std,
+                device=parts.device,
                 seed=config.train.seed,
             )
         )
     return results
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def epoch_metrics(
+    worker: Worker, epoch: int, result: EpochResult, overhead: float, restored_epoch: int
+) -> dict[str, Any]:
+    """The report of ``epoch`` before evaluation: ``vocabulary.EPOCH_METRICS`` but
+    ``wall_seconds`` (set when the report is sent), ``status: running``."""
+    return {
+        "epoch": epoch,
+        "train/loss": result.loss_sum / result.steps,
+        "train/contrastive_top1": result.top1_sum / result.steps,
+        "train/lr": worker.parts.scheduler.get_last_lr()[0],
+        "train/images_per_sec": result.steps * worker.local_batch / max(result.seconds, 1e-9),
+        "train/epoch_seconds": result.seconds,
+        "overhead_seconds": overhead,
+        # The checkpoint epoch this worker group started from: > 0 after a restart.
+        "restored_epoch": restored_epoch,
+        "status": "running",
+        "reason": "",
+    }
+
+
+def report(worker: Worker, state: TrialState, metrics: dict[str, Any], save: bool) -> str | None:
+    """Send ``metrics`` through ``ray.train.report``, with a checkpoint of ``state`` (written
+    by rank 0) when ``save``; the checkpoint's directory name, or None."""
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return None
+    name = checkpoint_dir_name(state.epoch)
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if worker.rank == 0:
+            write_checkpoint(directory, worker, state)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+    return name
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray Train worker entry point: ``{"config": resolved TrialConfig, "runtime": {...}}``.
+
+    ``runtime`` holds what is not part of the experiment's definition: ``launched_at`` (the
+    trial's start, to measure the fixed per-trial overhead), ``dataset_ref`` (a one-element list
+    with an object-store reference to the decoded dataset) or ``data_cache_dir``.
+
+    Returns every epoch's report, the epochs before a restart included (they travel in the
+    checkpoint), which ``TorchTrainer.fit().return_value`` hands to the caller.
+    """
+    import ray.train
+    import ray.train.torch
+
+    config = TrialConfig.model_validate(loop_config["config"])
+    runtime = loop_config.get("runtime", {})
+    launched_at = runtime.get("launched_at") or time.time()
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
+    worker = build_worker(
+        config,
+        runtime,
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.train.torch.get_device(),
+    )
+    resumed = resume(worker)
+    state = resumed or TrialState()
+    faults = FaultInjector(config.train.faults, worker.rank, resumed=resumed is not None)
+    restored_epoch = state.epoch
+    distribute(worker)
+    generator = torch.Generator(device=worker.device)
+    wall_start = time.time()
+    overhead: float | None = None
+    faults.at_start()
+
+    for epoch in range(state.epoch + 1, config.train.epochs + 1):
+        result = run_epoch(worker, generator, epoch, poison=faults.poison_loss(epoch))
+        if overhead is None:
+            overhead = result.started_at - launched_at
+        metrics = epoch_metrics(worker, epoch, result, overhead, restored_epoch)
+        if result.diverged:
+            metrics.update(state.monitors, status="diverged", reason=result.diverged)
+            metrics["wall_seconds"] = time.time() - wall_start
+            state.history.append(metrics)
+            ray.train.report(metrics)
+            return state.history
+
+        monitors, probe_results = evaluate(worker, epoch)
+        state.monitors.update(monitors)
+        metrics.update(state.monitors)
+        metrics.update(probe_results)  # only at the epoch it was measured
+        last = epoch == config.train.epochs
+        if last:
+            metrics["status"] = "completed"
+        metrics["wall_seconds"] = time.time() - wall_start
+        state.history.append(metrics)
+        state.epoch = epoch
+        save = last or epoch % config.train.checkpoint_every == 0
+        faults.after_epoch(epoch, report(worker, state, metrics, save))
+    return state.history
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -663,10 +775,11 @@ def build_trainer(
     )
 
 
-def run_trial(
+def fit_trial(
     config: dict[str, Any], *, storage_path: str, name: str, **kwargs: Any
 ) -> list[dict[str, Any]]:
-    """Run one trial to the end outside Tune; returns every epoch's metrics (rank 0)."""
+    """Fit one trial's ``TorchTrainer`` to the end outside Tune (``kwargs``: see
+    ``build_trainer``); returns every epoch's report (rank 0's), raises the trial's error."""
     result = build_trainer(config, storage_path=storage_path, name=name, **kwargs).fit()
     if result.error is not None:
         raise result.error

@@ -82,13 +82,18 @@ def error_line(text: str | BaseException, limit: int = 1000) -> str:
 
 # ----------------------------------------------------------------------------- metrics
 
-#: Reported by every epoch of a trial (``train``).
+#: Reported by every epoch of a trial (``train``), beside its ``epoch``: ``wall_seconds`` since
+#: the worker group started, ``overhead_seconds`` from the trial's launch to its first step,
+#: ``restored_epoch`` the checkpoint epoch the worker group resumed from (0: none).
 EPOCH_METRICS: tuple[str, ...] = (
     "train/loss",
     "train/contrastive_top1",
     "train/lr",
     "train/images_per_sec",
     "train/epoch_seconds",
+    "wall_seconds",
+    "overhead_seconds",
+    "restored_epoch",
 )
 #: Monitors evaluated every ``eval.eval_every`` epochs on the validation split.
 MONITOR_METRICS: tuple[str, ...] = ("val/knn_top1", "val/online_top1")

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import ray
 import torch
 
+from ablate import vocabulary
 from ablate.config import TrialConfig, resolve
+from ablate.faults import FaultInjector
 from ablate.models import build_encoder
 from ablate.probe import extract_features, knn_top1
-from ablate.train import prepare_data, run_trial
-
-pytestmark = pytest.mark.slow
+from ablate.train import (
+    TrialState,
+    build_worker,
+    final_evaluation,
+    fit_trial,
+    prepare_data,
+    read_checkpoint,
+    run_epoch,
+    write_checkpoint,
+)
 
 PER_EPOCH_KEYS = {
     "epoch",
-    "train/loss",
-    "train/contrastive_top1",
-    "train/lr",
-    "train/images_per_sec",
-    "train/epoch_seconds",
-    "val/knn_top1",
-    "val/online_top1",
-    "wall_seconds",
-    "overhead_seconds",
-    "restored_epoch",
-    "status",
-    "reason",
+    *vocabulary.EPOCH_METRICS,
+    *vocabulary.MONITOR_METRICS,
+    *vocabulary.TEXT_KEYS,
 }
 FINAL_KEYS = {"val/probe_top1", "val/probe_top5", "test/probe_top1", "test/probe_top5"}
+#: Every key a trial may report: the epoch and the names the vocabulary lists.
+KNOWN_KEYS = PER_EPOCH_KEYS | set(vocabulary.FINAL_METRICS)
 
 
 def tiny_config(**sections: dict) -> dict:
@@ -60,15 +63,17 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_one_worker_reports_every_metric(local_ray, tmp_path):
     config = tiny_config(eval={"knn_k": 20, "probe": {"max_iter": 50, "epochs": [1]}})
-    history = run_trial(config, storage_path=str(tmp_path), name="one")
+    history = fit_trial(config, storage_path=str(tmp_path), name="one")
 
     assert [row["epoch"] for row in history] == [1, 2, 3]
     # The probe runs at epoch 1 (asked for) and at the end; its results are not carried on.
     assert [bool(row.keys() & FINAL_KEYS) for row in history] == [True, False, True]
     for row in history:
         assert row.keys() >= PER_EPOCH_KEYS, PER_EPOCH_KEYS - row.keys()
+        assert row.keys() <= KNOWN_KEYS, row.keys() - KNOWN_KEYS
         assert math.isfinite(row["train/loss"]) and row["train/images_per_sec"] > 0
     final = history[-1]
     assert final["status"] == "completed"
@@ -81,12 +86,13 @@ def test_one_worker_reports_every_metric(local_ray, tmp_path):
     assert history[0]["train/loss"] < math.log(2 * 64 - 1) + 0.5
 
 
+@pytest.mark.slow
 def test_two_workers_resume_after_a_worker_raises(local_ray, tmp_path):
     config = tiny_config(
         train={"epochs": 3, "batch_size": 64, "faults": {"raise_once_at_epoch": 2}},
         resources={"num_workers": 2},
     )
-    history = run_trial(config, storage_path=str(tmp_path), name="two")
+    history = fit_trial(config, storage_path=str(tmp_path), name="two")
 
     # Epochs 1-2 come back from the checkpoint the restarted group resumed from, epoch 3 ran after.
     assert [row["epoch"] for row in history] == [1, 2, 3]
@@ -95,9 +101,10 @@ def test_two_workers_resume_after_a_worker_raises(local_ray, tmp_path):
     assert history[-1].keys() >= FINAL_KEYS
 
 
+@pytest.mark.slow
 def test_nan_loss_ends_the_trial_as_diverged(local_ray, tmp_path):
     config = tiny_config(train={"epochs": 4, "batch_size": 64, "faults": {"nan_loss_at_epoch": 2}})
-    history = run_trial(config, storage_path=str(tmp_path), name="nan")
+    history = fit_trial(config, storage_path=str(tmp_path), name="nan")
 
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[-1]["status"] == "diverged"
@@ -129,6 +136,7 @@ def untrained_test_knn(config: dict) -> float:
     )
 
 
+@pytest.mark.slow
 def test_a_short_pretraining_learns_the_shapes(local_ray, tmp_path):
     # Measured on seeds 0-3: the kNN monitor stalls near its epoch-0 value for 4-8 epochs,
     # then climbs; after 16 epochs test kNN was 0.88-0.99 against 0.40-0.65 untrained.
@@ -150,7 +158,7 @@ def test_a_short_pretraining_learns_the_shapes(local_ray, tmp_path):
         train={"epochs": 16, "batch_size": 64, "checkpoint_every": 16},
         eval={"knn_k": 20, "eval_every": 8, "probe": {"max_iter": 100}},
     )
-    final = run_trial(config, storage_path=str(tmp_path), name="learns")[-1]
+    final = fit_trial(config, storage_path=str(tmp_path), name="learns")[-1]
 
     assert final["status"] == "completed"
     chance = 1 / 4
@@ -159,3 +167,91 @@ def test_a_short_pretraining_learns_the_shapes(local_ray, tmp_path):
     # Learning, not just a random conv net's features: clearly better than at initialisation.
     untrained = untrained_test_knn(config)
     assert above(final["test/knn_top1"], untrained, 512), (final["test/knn_top1"], untrained)
+
+
+def small_trial(**sections: dict) -> TrialConfig:
+    small = {
+        "data": {"num_train": 256, "num_test": 64},
+        "eval": {"knn_k": 5, "probe": {"max_iter": 5}},
+    }
+    for name, values in sections.items():
+        small.setdefault(name, {}).update(values)
+    return TrialConfig.model_validate(tiny_config(**small))
+
+
+def test_final_evaluation_of_read_only_arrays_warns_nothing(tmp_path):
+    # The data cache hands out read-only memory maps, as Ray's object store hands out read-only
+    # arrays; torch warns (once per process) when it wraps one without copying.
+    config = small_trial(
+        data={"labelled_fraction": 0.25},
+        eval={"semi_supervised": {"enabled": True, "epochs": 1, "batch_size": 32}},
+    )
+    prepare_data(config, {"data_cache_dir": str(tmp_path)})  # fills the cache
+    worker = build_worker(config, {"data_cache_dir": str(tmp_path)})
+    assert not worker.data.images.flags.writeable
+    assert not worker.data.test_images.flags.writeable
+    # The labels the evaluation wraps are the worker's own (small) copies.
+    assert worker.data.labels.flags.writeable and worker.data.test_labels.flags.writeable
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = final_evaluation(worker)
+
+    assert results.keys() >= FINAL_KEYS | {"test/knn_top1", "val/semi_top1", "test/semi_top1"}
+    assert results.keys() <= set(vocabulary.FINAL_METRICS) | set(vocabulary.MONITOR_METRICS)
+
+
+def tensors(state: dict) -> dict:
+    """The tensors of a (nested) state dict, by their dotted path."""
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in tensors(value).items()})
+        elif isinstance(value, torch.Tensor):
+            flat[str(key)] = value
+    return flat
+
+
+def test_a_checkpoint_reads_back_what_was_written(tmp_path):
+    worker = build_worker(small_trial(), {})
+    run_epoch(worker, torch.Generator(), 1)  # momentum, schedule and probe state to carry
+    state = TrialState(epoch=1, history=[{"epoch": 1, "train/loss": 4.0}])
+    state.monitors["val/online_top1"] = 0.5
+    write_checkpoint(str(tmp_path), worker, state)
+
+    fresh = build_worker(small_trial(train={"seed": 1}), {})
+    restored = read_checkpoint(str(tmp_path), fresh)
+
+    assert restored.epoch == 1 and restored.history == state.history
+    assert restored.monitors.keys() == {"val/knn_top1", "val/online_top1"}
+    assert restored.monitors["val/online_top1"] == 0.5
+    assert math.isnan(restored.monitors["val/knn_top1"])
+    for written, read in (
+        (worker.parts.model, fresh.parts.model),
+        (worker.parts.optimizer, fresh.parts.optimizer),
+        (worker.online, fresh.online),
+    ):
+        expected, got = tensors(written.state_dict()), tensors(read.state_dict())
+        assert expected and got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.equal(got[name], value), name
+    assert fresh.parts.scheduler.last_epoch == worker.parts.scheduler.last_epoch > 0
+
+
+def test_faults_fire_at_their_points_once():
+    faults = TrialConfig.model_validate(
+        tiny_config(train={"faults": {"raise_once_at_epoch": 2, "nan_loss_at_epoch": 3}})
+    ).train.faults
+    fresh = FaultInjector(faults, rank=0, resumed=False)
+    fresh.at_start()  # raise_at_start unset
+    fresh.after_epoch(1, None)
+    with pytest.raises(RuntimeError, match="raise_once_at_epoch"):
+        fresh.after_epoch(2, "epoch_00002")
+    FaultInjector(faults, rank=0, resumed=True).after_epoch(2, None)  # once: not after a restart
+    FaultInjector(faults, rank=1, resumed=False).after_epoch(2, None)  # rank 0 only
+    assert [fresh.poison_loss(epoch) for epoch in (1, 2, 3, 4)] == [False, False, True, False]
+    oom = TrialConfig.model_validate(
+        tiny_config(train={"faults": {"raise_at_start": "simulated CUDA OOM"}})
+    ).train.faults
+    with pytest.raises(RuntimeError, match="simulated CUDA OOM"):
+        FaultInjector(oom, rank=0, resumed=False).at_start()
