@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
 
 #: The augmentation ops of the paper's Figure 5, plus horizontal flip (crop's usual companion).
 AUGMENTATION_OPS: tuple[str, ...] = (
@@ -94,8 +101,10 @@ class DataConfig(StrictModel):
     mean: tuple[float, float, float] | None = Field(
         None, description="Normalisation mean; computed from the training images when unset."
     )
-    std: tuple[float, float, float] | None = Field(
-        None, description="Normalisation std; computed from the training images when unset."
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        None,
+        description="Normalisation std; computed from the training images when unset (a "
+        "channel's computed std is floored at 1/255, with a warning).",
     )
 
 

@@ -30,6 +30,7 @@ import shutil
 import socket
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ablate.config import DataConfig
 
@@ -166,7 +167,7 @@ def load_dataset(cfg: DataConfig, cache_dir: str | Path | None = None) -> Datase
         test=test,
         class_names=class_names,
         mean=tuple(cfg.mean) if cfg.mean is not None else mean,  # type: ignore[arg-type]
-        std=tuple(cfg.std) if cfg.std is not None else std,  # type: ignore[arg-type]
+        std=tuple(cfg.std) if cfg.std is not None else floored_std(std),  # type: ignore[arg-type]
         name=cfg.name,
     )
 
@@ -197,6 +198,35 @@ def channel_stats(
     mean = counts @ values / total
     std = np.sqrt(np.maximum(counts @ values**2 / total - mean**2, 0.0))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)  # type: ignore[return-value]
+
+
+#: Smallest std used to normalise a channel computed from the data (one 8-bit grey level).
+STD_FLOOR = 1.0 / 255.0
+_CHANNEL_NAMES = ("red", "green", "blue")
+
+
+def floored_std(
+    std: Sequence[float], where: str = "the training images"
+) -> tuple[float, float, float]:
+    """``max(std, STD_FLOOR)`` per channel, warning for each channel that was raised.
+
+    A channel that is constant in ``where`` (e.g. a blue channel that is always 0) has std 0,
+    and normalising ``(x - mean) / std`` would turn it into NaN (or, after colour jitter, into
+    huge values). Floored, the channel keeps its mean and is scaled as if it varied by one grey
+    level. Set ``data.std`` to choose the scale yourself.
+    """
+    floored = []
+    for channel, value in enumerate(std):
+        if value < STD_FLOOR:
+            name = _CHANNEL_NAMES[channel] if len(std) == 3 else str(channel)
+            warnings.warn(
+                f"channel {channel} ({name}) of {where} is constant (std {value:.3g}): "
+                f"normalising with std {STD_FLOOR:.4g} (1/255) instead of dividing by "
+                f"{value:.3g}; set data.std to choose it",
+                stacklevel=2,
+            )
+        floored.append(max(float(value), STD_FLOOR))
+    return tuple(floored)  # type: ignore[return-value]
 
 
 def _apply_limit(arrays: ImageArrays, limit: int | None) -> ImageArrays:
@@ -247,8 +277,9 @@ def _torchvision_decoder() -> Callable[[list[bytes]], list[np.ndarray | None]] |
     """torchvision's JPEG/PNG decoding (about 3x faster than Pillow on small images), if built.
 
     Returns ``decode(datas) -> images`` with ``None`` where torchvision cannot decode an item
-    (other formats, 16-bit PNG, corrupt data): the caller retries those with Pillow. JPEGs are
-    decoded in one batched call, so the GIL is released once per chunk, not once per image.
+    (other formats, corrupt data): the caller retries those with Pillow. JPEGs are decoded in
+    one batched call, so the GIL is released once per chunk, not once per image. The EXIF
+    orientation is applied; 16-bit PNGs are scaled to 8 bits (``value >> 8``).
     """
     try:
         import torch
@@ -257,7 +288,11 @@ def _torchvision_decoder() -> Callable[[list[bytes]], list[np.ndarray | None]] |
         return None
 
     def to_hwc(tensor: torch.Tensor) -> np.ndarray | None:
-        return tensor.permute(1, 2, 0).numpy() if tensor.dtype == torch.uint8 else None
+        if tensor.dtype == torch.uint8:
+            return tensor.permute(1, 2, 0).numpy()
+        if tensor.dtype == torch.uint16:  # 16-bit PNG: keep the high byte, as Pillow does for RGB
+            return (tensor.permute(1, 2, 0).numpy() >> 8).astype(np.uint8)
+        return None
 
     def decode(datas: list[bytes]) -> list[np.ndarray | None]:
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
@@ -265,7 +300,9 @@ def _torchvision_decoder() -> Callable[[list[bytes]], list[np.ndarray | None]] |
         jpegs = [i for i, d in enumerate(datas) if d[:3] == _JPEG_MAGIC]
         if len(jpegs) > 1:
             try:
-                decoded = decode_jpeg([tensors[i] for i in jpegs], mode=ImageReadMode.RGB)
+                decoded = decode_jpeg(
+                    [tensors[i] for i in jpegs], mode=ImageReadMode.RGB, apply_exif_orientation=True
+                )
                 for i, tensor in zip(jpegs, decoded, strict=True):
                     out[i] = to_hwc(tensor)
             except RuntimeError:
@@ -273,14 +310,31 @@ def _torchvision_decoder() -> Callable[[list[bytes]], list[np.ndarray | None]] |
         for i, data in enumerate(datas):
             if out[i] is None and (data[:3] == _JPEG_MAGIC or data[:8] == _PNG_MAGIC):
                 with contextlib.suppress(RuntimeError):  # Pillow retries and words the error
-                    out[i] = to_hwc(decode_image(tensors[i], ImageReadMode.RGB))
+                    out[i] = to_hwc(
+                        decode_image(tensors[i], ImageReadMode.RGB, apply_exif_orientation=True)
+                    )
         return out
 
     return decode
 
 
+# Pillow's single-channel modes of more than 8 bits; ``convert("RGB")`` clips them to 255.
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_EXIF_ORIENTATION = 0x0112
+
+
 def _decode_with_pillow(data: bytes) -> np.ndarray:
+    """Decode with Pillow into (H, W, 3) uint8, the EXIF orientation applied.
+
+    16-bit grayscale (modes ``I;16*``, and ``I`` as older Pillow opens 16-bit PNGs) is scaled
+    to 8 bits by ``value >> 8``; Pillow itself scales 16-bit RGB(A) and grayscale+alpha.
+    """
     with Image.open(io.BytesIO(data)) as image:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_GRAY_MODES:
+            gray = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
         return np.asarray(image.convert("RGB"))
 
 
@@ -322,6 +376,8 @@ def decode_images(
                 datas.append(item.read_bytes() if isinstance(item, Path) else item)
             except OSError as error:
                 raise _RowProblem(row, f"cannot read ({error})") from error
+            if not datas[-1]:  # torch.frombuffer and Pillow fail on it without saying where
+                raise _RowProblem(row, "empty image (0 bytes): expected encoded image bytes")
         images = fast(datas) if fast is not None else [None] * len(datas)
         for k, (row, data) in enumerate(zip(rows, datas, strict=True)):
             image = images[k]

@@ -6,13 +6,17 @@ import io
 import json
 import pickle
 import socket
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from ablate import data
 from ablate.config import DataConfig
@@ -608,3 +612,157 @@ def test_cache_write_race_keeps_one_complete_entry(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         load_dataset(cfg, cache_dir=tmp_path).train.images, ds.train.images
     )
+
+
+# ----------------------------------------------------------------------------- odd images
+# Kinds of input reported against image loaders (issue 13): each through an image folder and a
+# Parquet file, so both the torchvision decoder and the Pillow fallback see it.
+
+#: 0, 257, 514, ..., 65535: 16-bit values whose 8-bit scaling is exactly 0..255.
+RAMP16 = (np.arange(256, dtype=np.uint16) * 257)[None].repeat(4, axis=0)
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG of ``pixels`` (H, W) gray or (H, W, 2|3|4) gray+alpha/RGB/RGBA, uint16.
+
+    Pillow writes only 16-bit grayscale PNGs; the PNG container is simple enough to write here.
+    """
+    pixels = np.asarray(pixels, dtype=">u2")
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    height, width, channels = pixels.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = b"".join(b"\0" + pixels[y].tobytes() for y in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def sixteen_bit_images() -> dict[str, tuple[bytes, str]]:
+    """name -> (encoded ramp image, file suffix), every 16-bit layout a user may have."""
+    opaque = np.full_like(RAMP16, 65535)
+    gray_png = io.BytesIO()
+    Image.fromarray(RAMP16).save(gray_png, format="PNG")  # Pillow mode I;16
+    gray_tiff = io.BytesIO()
+    Image.fromarray(RAMP16).save(gray_tiff, format="TIFF")  # not torchvision: Pillow decodes
+    return {
+        "gray_pillow": (gray_png.getvalue(), ".png"),
+        "gray": (png16(RAMP16), ".png"),
+        "gray_alpha": (png16(np.stack([RAMP16, opaque], -1)), ".png"),
+        "rgb": (png16(np.stack([RAMP16] * 3, -1)), ".png"),
+        "rgba": (png16(np.stack([RAMP16] * 3 + [opaque], -1)), ".png"),
+        "gray_tiff": (gray_tiff.getvalue(), ".tif"),
+    }
+
+
+def one_class_folder(root: Path, files: dict[str, bytes]) -> DataConfig:
+    """root/{train,test}/a/<name> for each file; the config that reads it."""
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (root / split / "a" / name).write_bytes(content)
+    return DataConfig(name="image_folder", root=str(root))
+
+
+def one_file_parquet(root: Path, images: list[bytes | None]) -> DataConfig:
+    column = pa.array(images, pa.binary())
+    table = pa.table({"image": column, "label": pa.array([0] * len(images), pa.int64())})
+    root.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / "set.parquet")
+    return parquet_cfg(root / "set.parquet", root / "set.parquet")
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    ramp8 = np.arange(256, dtype=np.uint8)
+    for kind, (content, suffix) in sixteen_bit_images().items():
+        folder = load_dataset(one_class_folder(tmp_path / kind / "folder", {f"x{suffix}": content}))
+        loaded = {"folder": folder.train.images}
+        if suffix == ".png":
+            loaded["parquet"] = load_dataset(
+                one_file_parquet(tmp_path / kind / "parquet", [content, content])
+            ).train.images
+            loaded["pillow"] = data._decode_with_pillow(content)[None]  # no torchvision build
+        for path, images in loaded.items():
+            assert images.shape[1:] == (4, 256, 3), (kind, path)
+            for image in images:
+                for c in range(3):
+                    assert (image[:, :, c] == ramp8).all(), (kind, path, image[0, :8, c])
+
+
+def test_empty_image_bytes_name_the_file_or_row(tmp_path: Path) -> None:
+    good = encode(random_images(1)[0])
+    folder = one_class_folder(tmp_path / "folder", {"0.png": good, "1.png": b"", "2.png": good})
+    with pytest.raises(DataError, match=r"train row 1 \(file .*a/1\.png\): empty image"):
+        load_dataset(folder)
+    first = one_class_folder(tmp_path / "first", {"0.png": b"", "1.png": good})
+    with pytest.raises(DataError, match=r"train row 0 \(file .*a/0\.png\): empty image"):
+        load_dataset(first)
+    parquet = one_file_parquet(tmp_path / "parquet", [good, good, b"", good])
+    with pytest.raises(DataError, match=rf"row 2 of {tmp_path / 'parquet'}/set.parquet: empty"):
+        load_dataset(parquet)
+    null = one_file_parquet(tmp_path / "null", [good, None])
+    with pytest.raises(DataError, match=r"row 1 of .*set\.parquet: the image is null"):
+        load_dataset(null)
+    assert data._decode_with_pillow(good).shape == (8, 8, 3)
+
+
+def test_a_constant_channel_is_floored_not_divided_by_zero(tmp_path: Path) -> None:
+    images = random_images(6, seed=7)
+    images[..., 2] = 0  # blue is always 0: its std is 0
+    cfg = one_file_parquet(tmp_path, [encode(im) for im in images])
+    assert channel_stats(images)[1][2] == 0.0
+    for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):  # computed, cached, read
+        with pytest.warns(UserWarning, match=r"channel 2 \(blue\).*constant.*data\.std"):
+            ds = load_dataset(cfg, cache_dir=cache_dir)
+        assert ds.std[2] == data.STD_FLOOR and ds.std[:2] == channel_stats(images)[1][:2]
+    from ablate.augment import normalize
+
+    pixels = torch.from_numpy(np.array(ds.train.images)).permute(0, 3, 1, 2).float() / 255
+    jittered = pixels.clone()
+    jittered[:, 2] = 0.5  # colour jitter can move the constant channel
+    for x in (pixels, jittered):
+        out = normalize(x, ds.mean, ds.std)
+        assert torch.isfinite(out).all()
+    assert (normalize(pixels, ds.mean, ds.std)[:, 2] == 0).all()  # centred: mean 0 stays 0
+    chosen = load_dataset(cfg.model_copy(update={"std": (0.2, 0.2, 0.5)}))
+    assert chosen.std == (0.2, 0.2, 0.5)  # data.std overrides the floor, silently
+    with pytest.raises(ValidationError, match=r"std\.2"):
+        DataConfig(name="synthetic", std=(0.2, 0.2, 0.0))
+
+
+def oriented_jpeg(orientation: int) -> bytes:
+    """A 16x32 (HxW) JPEG, white top-left 8x8 block, stored with EXIF ``Orientation``."""
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:8, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=100, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied_in_every_decode_path(tmp_path: Path) -> None:
+    rotated = oriented_jpeg(6)  # displayed turned 90 degrees clockwise: 32x16, block top-right
+    upright = oriented_jpeg(1)
+    # two JPEGs per split: the first row is decoded alone, the rest in torchvision's batch call
+    folder = load_dataset(
+        one_class_folder(tmp_path / "folder", {"0.jpg": rotated, "1.jpg": rotated})
+    )
+    parquet = load_dataset(one_file_parquet(tmp_path / "parquet", [rotated, rotated, rotated]))
+    pillow = data._decode_with_pillow(rotated)[None]
+    for name, images in (("folder", folder.train.images), ("parquet", parquet.train.images)):
+        assert images.shape[1:] == (32, 16, 3), name
+    for image in [*folder.train.images, *parquet.train.images, *pillow]:
+        assert image[:8, 8:].min() > 200 and image[8:].max() < 60 and image[:8, :8].max() < 60
+    plain = load_dataset(one_class_folder(tmp_path / "plain", {"0.jpg": upright}))
+    assert plain.train.images.shape[1:] == (16, 32, 3)
+    assert data._decode_with_pillow(upright).shape == (16, 32, 3)
