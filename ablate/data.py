@@ -113,7 +113,11 @@ class ImageArrays:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A decoded dataset; ``mean``/``std`` are per-channel, on the [0, 1] pixel scale."""
+    """A decoded dataset; ``mean``/``std`` are per-channel, on the [0, 1] pixel scale.
+
+    ``mean``/``std`` are ``data.mean``/``data.std`` when set, else computed from the training
+    images, with a computed std floored at ``STD_FLOOR`` (see ``floored_std``).
+    """
 
     train: ImageArrays
     test: ImageArrays
@@ -360,9 +364,12 @@ def decode_images(
 
     Runs on a thread pool (Pillow and torch ops decode outside the GIL); JPEG/PNG go through
     torchvision when it is built with image support, the rest through Pillow. Grayscale, alpha
-    and palette images become RGB. With ``image_size`` every image is resized (shorter side) and
-    centre-cropped to that square; without it, all images must share the size of the first.
-    ``where(row)`` describes a row for error messages (file and row).
+    and palette images become RGB; 16-bit images are scaled to 8 bits (``value >> 8``); a JPEG's
+    (or PNG's) EXIF orientation is applied, so an image is used as a viewer shows it. With
+    ``image_size`` every image is resized (shorter side) and centre-cropped to that square;
+    without it, all images must share the size of the first. ``where(row)`` describes a row for
+    error messages (file and row). Raises ``DataError`` naming the row for an empty (0-byte),
+    unreadable or undecodable image, or a size that differs without ``image_size``.
     """
     if not items:
         raise DataError(f"{desc}: no images")
