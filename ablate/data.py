@@ -80,6 +80,12 @@ _PROGRESS_MIN_IMAGES = 5000
 class DataError(ValueError):
     """A dataset cannot be loaded as configured: the message says what, where and what is valid."""
 
+    @property
+    def key(self) -> str:
+        """The dotted config key the message starts with (``data.root: ...``), else ``data``."""
+        head, sep, _ = str(self).partition(": ")
+        return head if sep and head.startswith("data.") and " " not in head else "data"
+
 
 @dataclass(frozen=True)
 class ImageArrays:
@@ -980,7 +986,7 @@ def synthetic_images(
             f"synthetic: num_classes must be 2..{len(SYNTHETIC_SHAPES)}, got {num_classes}"
         )
     rng = np.random.default_rng([seed, stream])
-    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    labels = _synthetic_labels(rng, n, num_classes)
     # Object units: 1 = half the image side; shapes span about [-0.95, 0.95] x scale.
     scale = rng.uniform(*_SYNTHETIC_SCALE, size=n)
     reach = np.maximum(0.92 - 0.95 * scale, 0.0)  # keeps the shape inside the image
@@ -1137,12 +1143,21 @@ def train_val_split(
     val = []
     for cls in np.unique(labels):
         rows = np.flatnonzero(labels == cls)
-        take = min(len(rows) - 1, max(1, round(val_fraction * len(rows)))) if len(rows) > 1 else 0
-        val.append(rng.permutation(rows)[:take])
+        val.append(rng.permutation(rows)[: _val_count(len(rows), val_fraction)])
     val_idx = np.sort(np.concatenate(val)).astype(np.int64) if val else np.empty(0, np.int64)
     keep = np.ones(len(labels), dtype=bool)
     keep[val_idx] = False
     return np.flatnonzero(keep).astype(np.int64), val_idx
+
+
+def _val_count(n: int, val_fraction: float) -> int:
+    """Validation rows of a class of ``n`` rows (``train_val_split``'s rule)."""
+    return min(n - 1, max(1, round(val_fraction * n))) if n > 1 else 0
+
+
+def _synthetic_labels(rng: np.random.Generator, n: int, num_classes: int) -> np.ndarray:
+    """The classes of ``n`` synthetic images: balanced, shuffled (the first draw of ``rng``)."""
+    return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
 def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -1175,6 +1190,100 @@ def shard_indices(n: int, rank: int, world_size: int, epoch: int, seed: int) -> 
     order = np.random.default_rng([seed, _SALT_SHARD, epoch]).permutation(n)
     per_rank = n // world_size
     return order[rank : per_rank * world_size : world_size].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- dataset facts
+
+#: Classes and training images per class of the torchvision datasets (their ``train`` split;
+#: STL-10's is the 5,000 labelled images, as ``_read_torchvision`` loads it).
+KNOWN_TRAIN_CLASSES: dict[str, tuple[int, int]] = {
+    "cifar10": (10, 5_000),
+    "cifar100": (100, 500),
+    "stl10": (10, 500),
+}
+#: Training-set sizes of the torchvision datasets (before the validation split).
+KNOWN_TRAIN_SIZES: dict[str, int] = {k: n * c for k, (n, c) in KNOWN_TRAIN_CLASSES.items()}
+
+
+def check_sources(cfg: DataConfig) -> None:
+    """Check that the source ``cfg`` names can be read, decoding nothing.
+
+    Parquet: files (a file, directory or glob), schemas, columns and class names;
+    image folder: the ``ROOT/{train,test}/<class>`` layout and its image files; synthetic:
+    nothing to check. Torchvision datasets (which may download) and URIs are left to
+    ``load_dataset``. Raises ``DataError`` with the same message ``load_dataset`` would give.
+    """
+    if cfg.name in _TORCHVISION or cfg.name == "synthetic":
+        return
+    paths = [cfg.root, cfg.train_path, cfg.test_path]
+    if any(p and "://" in p for p in paths):
+        return
+    _resolve_source(cfg)
+
+
+def train_class_counts(cfg: DataConfig) -> list[int] | None:
+    """Training images per class (after ``limit_train``), known without decoding, else None.
+
+    Synthetic: the exact labels; torchvision datasets: their published counts (with
+    ``limit_train``: the first N rows, taken as balanced); local Parquet: the label column
+    (the ``train`` rows of ``split_column``). Image folders and URIs: None.
+    """
+    limit = cfg.limit_train
+    if cfg.name == "synthetic":
+        rng = np.random.default_rng([cfg.seed, 0])  # stream 0: the train split
+        labels = _synthetic_labels(rng, cfg.num_train, cfg.num_classes)[:limit]
+        return np.unique(labels, return_counts=True)[1].tolist()
+    if cfg.name in KNOWN_TRAIN_CLASSES:
+        classes, per_class = KNOWN_TRAIN_CLASSES[cfg.name]
+        if limit is None or limit >= classes * per_class:
+            return [per_class] * classes
+        return [limit // classes + (i < limit % classes) for i in range(classes)]
+    if cfg.name == "parquet" and cfg.train_path and "://" not in cfg.train_path:
+        return _parquet_class_counts(cfg)
+    return None
+
+
+def _parquet_class_counts(cfg: DataConfig) -> list[int] | None:
+    import pyarrow.parquet as pq
+
+    columns = [cfg.label_column] + ([cfg.split_column] if cfg.split_column else [])
+    try:
+        files = _parquet_files(cfg.train_path or "", "data.train_path")
+        table = pq.ParquetDataset([str(f) for f in files]).read(columns=columns)
+    except (DataError, OSError, ValueError, KeyError):
+        return None
+    labels = table.column(cfg.label_column).to_numpy(zero_copy_only=False)
+    if cfg.split_column:
+        split = table.column(cfg.split_column).to_numpy(zero_copy_only=False)
+        labels = labels[split == "train"]
+    labels = labels[: cfg.limit_train]
+    return np.unique(labels, return_counts=True)[1].tolist()
+
+
+def train_set_size(cfg: DataConfig) -> int | None:
+    """Training images before the validation split, when knowable without decoding."""
+    counts = train_class_counts(cfg)
+    return None if counts is None else sum(counts)
+
+
+def split_sizes(cfg: DataConfig) -> tuple[int, int] | None:
+    """(pretraining, validation) images of the training set, exactly as ``train_val_split``
+    divides it (per class), when the class counts are known without decoding; else None."""
+    counts = train_class_counts(cfg)
+    if counts is None:
+        return None
+    val = sum(_val_count(n, cfg.val_fraction) for n in counts)
+    return sum(counts) - val, val
+
+
+def steps_per_epoch(
+    pretrain_size: int, batch_size: int, world_size: int, cap: int | None = None
+) -> int:
+    """Optimiser steps of one epoch: each of ``world_size`` workers takes ``pretrain_size //
+    world_size`` rows (``shard_indices``) in local batches of ``batch_size // world_size``,
+    dropping the last partial batch; at most ``cap`` (``train.steps_per_epoch``)."""
+    steps = (pretrain_size // world_size) // max(batch_size // world_size, 1)
+    return min(steps, cap) if cap else steps
 
 
 # ----------------------------------------------------------------------------- export

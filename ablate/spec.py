@@ -5,24 +5,24 @@ A spec names the sweep, gives a partial trial config (the sections of
 ``eval``, ``resources``) and says what varies: ``space`` (dotted key -> values), ``together``
 (keys that vary jointly) and ``replicates`` (seeds). ``load_sweep`` reads the file, applies
 ``--set`` overrides, expands every configuration, validates each one against the trial schema
-and returns a ``Sweep``: the resolved plan that ``ablate.sweep`` runs. Every problem raises
+and returns a ``SweepPlan``: the resolved plan that ``ablate.sweep`` runs. Every problem raises
 ``SpecError(file, dotted key, message)``.
 
-This module imports no Ray (``--dry-run`` never starts or imports it). ``render_reference``
-writes ``docs/search_space.md`` from the pydantic models below, so the reference cannot drift.
+This module holds the schema (``SweepSpec``) and the plan only: it reads no data and imports
+no Ray. Checks of the world outside the file (storage, data, tracking, cluster) are
+``ablate.preflight``'s; the ``--dry-run`` view is ``ablate.dryrun``'s; ``ablate.reference``
+writes ``docs/search_space.md`` from the models below, so the reference cannot drift.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import glob
 import itertools
 import json
 import math
 import os
 import re
-import types
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,25 +34,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ablate.config import AUGMENTATION_OPS, AUGMENTATION_PRESETS, TrialConfig, set_dotted
+from ablate.vocabulary import DEFAULT_RANKING_METRIC, RANKING_METRICS, format_value
 
 #: The trial-config sections a spec may set at its top level (the base configuration).
 CONFIG_SECTIONS: tuple[str, ...] = tuple(TrialConfig.model_fields)
-
-#: Metrics reported every epoch that may rank trials and drive ASHA / Optuna. Never a test-split
-#: metric (that would select on the test set) and never the contrastive loss (not comparable
-#: across temperatures, heads or batch sizes).
-RANKING_METRICS: tuple[str, ...] = ("val/knn_top1", "val/online_top1")
-
-#: Final-epoch metrics shown next to the ranking metric in the summary (mean ± std).
-SUMMARY_METRICS: tuple[str, ...] = (
-    "val/probe_top1",
-    "val/probe_top5",
-    "test/probe_top1",
-    "test/knn_top1",
-)
-
-#: Training-set sizes of the named datasets, for the ``--dry-run`` compute estimate.
-KNOWN_TRAIN_SIZES: dict[str, int] = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 105_000}
 
 PARAM_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint", "op_pairs")
 _ENUMERATED = ("grid", "op_pairs")
@@ -138,7 +123,7 @@ class SchedulerSpec(_SpecModel):
         "fifo", description="fifo: every trial runs all its epochs; asha: successive halving."
     )
     metric: str = Field(
-        "val/knn_top1",
+        DEFAULT_RANKING_METRIC,
         description=f"Ranking metric, reported every epoch: one of {', '.join(RANKING_METRICS)}.",
     )
     mode: Literal["max", "min"] = Field("max", description="max for accuracies.")
@@ -233,7 +218,7 @@ TOP_LEVEL_KEYS: tuple[str, ...] = SPEC_KEYS + CONFIG_SECTIONS
 
 
 @dataclass
-class Sweep:
+class SweepPlan:
     """A validated spec: the base config, every trial's parameters and where results go.
 
     ``trials`` holds one Tune param dict per trial (grid and random), in run order:
@@ -299,6 +284,18 @@ class Sweep:
             epochs += [int(v) for v in (pv.randint or pv.choice or pv.uniform or [])]
         return max(epochs)
 
+    def plan_json(self) -> str:
+        """The planned trials as JSON (``plan.json`` of a sweep; ``--resume`` compares it)."""
+        plan = {
+            "sweep": self.name,
+            "algorithm": self.spec.algorithm.model_dump(),
+            "scheduler": self.spec.scheduler.model_dump(),
+            "trials": self.trials,
+            "sampled": {k: v.model_dump(exclude_none=True) for k, v in self.sampled.items()},
+            "base": self.base if not self.trials else None,
+        }
+        return json.dumps(plan, indent=1, sort_keys=True)
+
     def make_param(self, varying: dict[str, Any], replicate: int = 0) -> dict[str, Any]:
         """The Tune param dict of one trial: base + ``varying`` + replicate seed, resolved."""
         config = _merged(self.base, varying)
@@ -322,7 +319,7 @@ def _merged(base: dict[str, Any], varying: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Sweep:
+def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepPlan:
     """Read, override, expand and validate the spec at ``path`` (raises ``SpecError``)."""
     source = str(path)
     try:
@@ -332,7 +329,7 @@ def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> S
     return parse_sweep(text, source=source, overrides=overrides)
 
 
-def parse_sweep(text: str, *, source: str = "<spec>", overrides: Sequence[str] = ()) -> Sweep:
+def parse_sweep(text: str, *, source: str = "<spec>", overrides: Sequence[str] = ()) -> SweepPlan:
     """``load_sweep`` for YAML text already in memory."""
     raw = _read_yaml(text, source)
     for override in overrides:
@@ -397,8 +394,8 @@ def _apply_override(raw: dict[str, Any], text: str, source: str) -> None:
 
 def build_sweep(
     raw: dict[str, Any], *, source: str, text: str = "", overrides: Sequence[str] = ()
-) -> Sweep:
-    """Validate a parsed spec mapping and expand it into a ``Sweep``."""
+) -> SweepPlan:
+    """Validate a parsed spec mapping and expand it into a ``SweepPlan``."""
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise SpecError(
@@ -456,7 +453,7 @@ def build_sweep(
                 "grid only enumerates `grid`, `choice` and `op_pairs`",
             )
         trials = _expand(spec, base, sampled, source)
-    sweep = Sweep(
+    sweep = SweepPlan(
         source=source,
         spec=spec,
         base=base,
@@ -474,83 +471,6 @@ def absolute_storage_path(path: str) -> str:
     if "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
-
-
-def check_storage_path(sweep: Sweep) -> None:
-    """A local ``storage.path`` must be (or be creatable as) a directory this user can write.
-
-    Checked without creating anything; URIs (``s3://``, ...) are left to their first write.
-    """
-    path = sweep.storage_path
-    if "://" in path:
-        return
-    existing = Path(path)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SpecError(
-            sweep.source,
-            "storage.path",
-            f"{path} cannot be created: {existing} is a file, not a directory; give another "
-            "--storage-path (or storage.path in the spec)",
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SpecError(
-            sweep.source,
-            "storage.path",
-            f"{path} is not writable: this user cannot create or write in {existing}; give "
-            "another --storage-path (or storage.path in the spec)",
-        )
-
-
-def check_data_sources(sweep: Sweep) -> None:
-    """The local files named by each planned configuration's ``data`` section exist.
-
-    Parquet paths (a file, a directory or a glob) and image-folder roots are looked up; the
-    files are read later, once, by the sweep driver. URIs and torchvision datasets (which may
-    download) are not checked here.
-    """
-    seen: set[str] = set()
-    for config in sweep.configs():
-        data = config["data"]
-        key = json.dumps(data, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        if data["name"] == "parquet":
-            if not data.get("train_path"):
-                raise SpecError(
-                    sweep.source,
-                    "data.train_path",
-                    "data.name=parquet needs data.train_path (a Parquet file, directory or glob)",
-                )
-            for field_name in ("train_path", "test_path"):
-                value = data.get(field_name)
-                if value and "://" not in value and not _local_path_matches(value):
-                    raise SpecError(
-                        sweep.source,
-                        f"data.{field_name}",
-                        f"{value!r} does not exist (expected a Parquet file, a directory of "
-                        "them or a glob)",
-                    )
-        elif data["name"] == "image_folder":
-            root = data.get("root")
-            layout = "expected ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
-            if not root:
-                raise SpecError(
-                    sweep.source, "data.root", f"data.name=image_folder needs it ({layout})"
-                )
-            if "://" not in root and not Path(root).expanduser().is_dir():
-                raise SpecError(
-                    sweep.source, "data.root", f"directory {root!r} does not exist ({layout})"
-                )
-
-
-def _local_path_matches(path: str) -> bool:
-    expanded = os.path.expanduser(path)
-    if any(ch in path for ch in "*?["):
-        return bool(glob.glob(expanded, recursive=True))
-    return os.path.exists(expanded)
 
 
 def _check_overrides_not_swept(spec: SweepSpec, overrides: Sequence[str], source: str) -> None:
@@ -702,7 +622,7 @@ def _expand(
     for _ in range(samples):
         for point in grid:
             drawn = {key: draw(values, rng) for key, values in sampled.items()}
-            configurations.append(_ordered({**point, **drawn}, spec))
+            configurations.append(_in_spec_order({**point, **drawn}, spec))
     trials = []
     for replicate in range(spec.replicates):
         for varying in configurations:
@@ -710,7 +630,7 @@ def _expand(
     return trials
 
 
-def _ordered(varying: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
+def _in_spec_order(varying: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
     order = list(spec.space) + [k for e in spec.together for k in e]
     return {k: varying[k] for k in sorted(varying, key=order.index)}
 
@@ -757,7 +677,7 @@ def _validate_config(
     }
 
 
-def _check_scheduler(sweep: Sweep, source: str) -> None:
+def _check_scheduler(sweep: SweepPlan, source: str) -> None:
     scheduler = sweep.spec.scheduler
     if scheduler.name != "asha":
         return
@@ -782,11 +702,12 @@ def _check_scheduler(sweep: Sweep, source: str) -> None:
 # ----------------------------------------------------------------------------- schema walking
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (``X``, ``X | None``), else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        model = _model_of(arg)
+        model = section_model(arg)
         if model is not None:
             return model
     return None
@@ -815,7 +736,7 @@ def schema_field(dotted: str, source: str = "<spec>", where: str | None = None) 
                 ),
             )
         info = fields[part]
-        model = _model_of(info.annotation)
+        model = section_model(info.annotation)
     return info
 
 
@@ -864,7 +785,7 @@ def _schema_error(
         model: type[BaseModel] = TrialConfig
         for part in loc[:-1]:
             sub = (
-                _model_of(model.model_fields[part].annotation)
+                section_model(model.model_fields[part].annotation)
                 if part in model.model_fields
                 else None
             )
@@ -889,7 +810,7 @@ def _spec_model_error(source: str, error: ValidationError) -> SpecError:
         model: type[BaseModel] = SweepSpec
         for part in loc[:-1]:
             info = model.model_fields.get(part)
-            sub = _model_of(info.annotation) if info is not None else None
+            sub = section_model(info.annotation) if info is not None else None
             if sub is not None:
                 model = sub
         scope = ".".join(loc[:-1]) or "the top level"
@@ -904,20 +825,7 @@ def _unknown_key(key: str, valid: Sequence[str], scope: str) -> str:
     return f"unknown key {key!r} {scope}; {did}valid: {', '.join(valid)}"
 
 
-# ----------------------------------------------------------------------------- presentation
-
-
-def format_value(value: Any) -> str:
-    """Short text of a varying value: op lists as ``crop+color``, floats to 4 significant."""
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "+".join(value) if value else "[]"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+# ----------------------------------------------------------------------------- resources
 
 
 def trial_resources(config: dict[str, Any]) -> dict[str, float]:
@@ -931,339 +839,3 @@ def trial_resources(config: dict[str, Any]) -> dict[str, float]:
         "cpus": workers * float(res["cpus_per_worker"]),
         "gpus": workers * float(res["gpus_per_worker"]),
     }
-
-
-def train_set_size(data: dict[str, Any]) -> int | None:
-    """Training images before the validation split, when knowable without loading (or None)."""
-    size: int | None
-    if data["name"] == "synthetic":
-        size = int(data["num_train"])
-    elif data["name"] in KNOWN_TRAIN_SIZES:
-        size = KNOWN_TRAIN_SIZES[data["name"]]
-    elif data["name"] == "parquet" and data.get("train_path") and "://" not in data["train_path"]:
-        size = _parquet_rows(data["train_path"])
-    else:
-        size = None
-    if data.get("limit_train"):
-        size = min(size, int(data["limit_train"])) if size else int(data["limit_train"])
-    return size
-
-
-def _parquet_rows(path: str) -> int | None:
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-    else:
-        files = sorted(glob.glob(path))
-    if not files:
-        return None
-    try:
-        import pyarrow.parquet as pq
-
-        return sum(pq.read_metadata(f).num_rows for f in files)
-    except (OSError, ValueError):
-        return None
-
-
-def steps_per_epoch(config: dict[str, Any]) -> int | None:
-    """Optimiser steps of one epoch, as ``ablate.train`` computes them (None if unknown)."""
-    size = train_set_size(config["data"])
-    if size is None:
-        return None
-    pretrain = size - round(size * float(config["data"]["val_fraction"]))
-    workers = int(config["resources"]["num_workers"])
-    steps = (pretrain // workers) // (int(config["train"]["batch_size"]) // workers)
-    cap = config["train"].get("steps_per_epoch")
-    return min(steps, int(cap)) if cap else steps
-
-
-def estimate_compute(sweep: Sweep) -> dict[str, Any]:
-    """Upper bounds (every trial runs all its epochs): steps, images, worker-CPU/GPU-epochs."""
-    per_trial = sweep.configs()
-    multiplier = sweep.num_trials if sweep.spec.algorithm.name == "optuna" else 1
-    epochs = steps = images = cpu_epochs = gpu_epochs = 0.0
-    unknown = False
-    for config in per_trial:
-        n_epochs = int(config["train"]["epochs"])
-        per_epoch = steps_per_epoch(config)
-        res = trial_resources(config)
-        epochs += n_epochs
-        cpu_epochs += n_epochs * res["cpus"]
-        gpu_epochs += n_epochs * res["gpus"]
-        if per_epoch is None:
-            unknown = True
-        else:
-            steps += n_epochs * per_epoch
-            images += n_epochs * per_epoch * int(config["train"]["batch_size"])
-    return {
-        "trials": sweep.num_trials,
-        "epochs": int(epochs * multiplier),
-        "steps": None if unknown else int(steps * multiplier),
-        "images": None if unknown else int(images * multiplier),
-        "worker_cpu_epochs": cpu_epochs * multiplier,
-        "worker_gpu_epochs": gpu_epochs * multiplier,
-    }
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
-
-
-def describe_plan(sweep: Sweep) -> str:
-    """The ``--dry-run`` text: the trial table, the resources and the estimated compute."""
-    spec = sweep.spec
-    description = " ".join(spec.description.split())
-    lines = [
-        f"sweep {sweep.name!r} from {sweep.source}",
-        *([f"  {description}"] if description else []),
-        f"  algorithm {spec.algorithm.name}, scheduler {spec.scheduler.name} "
-        f"({spec.scheduler.metric}, {spec.scheduler.mode}), replicates {spec.replicates}",
-        f"  results: {sweep.experiment_dir}",
-        "",
-    ]
-    if spec.algorithm.name == "optuna":
-        rows = [[k, v.kind(), format_value(getattr(v, v.kind()))] for k, v in sweep.sampled.items()]
-        lines.append(f"{sweep.num_trials} trials proposed by Optuna (TPE) from:")
-        lines.append(_table(["key", "kind", "values"], rows))
-    else:
-        keys = sweep.varying_keys
-        header = ["#", *keys, "seed", "epochs", "steps/ep", "workers", "cpu/w", "gpu/w"]
-        rows = []
-        for index, trial in enumerate(sweep.trials):
-            config, res = trial["config"], trial_resources(trial["config"])
-            per_epoch = steps_per_epoch(config)
-            rows.append(
-                [
-                    str(index),
-                    *(
-                        format_value(trial["varying"][k]) if k in trial["varying"] else "-"
-                        for k in keys
-                    ),
-                    str(config["train"]["seed"]),
-                    str(config["train"]["epochs"]),
-                    "?" if per_epoch is None else str(per_epoch),
-                    str(res["workers"]),
-                    f"{res['cpus_per_worker']:g}",
-                    f"{res['gpus_per_worker']:g}",
-                ]
-            )
-        configurations = len(sweep.trials) // spec.replicates
-        lines.append(
-            f"{sweep.num_trials} trials = {configurations} configurations x "
-            f"{spec.replicates} replicate(s)"
-        )
-        lines.append(_table(header, rows))
-    compute = estimate_compute(sweep)
-    steps = "?" if compute["steps"] is None else f"{compute['steps']:,}"
-    images = "?" if compute["images"] is None else f"{compute['images']:,}"
-    lines += [
-        "",
-        "estimated compute (upper bound: every trial runs all its epochs):",
-        f"  {compute['trials']} trials, {compute['epochs']:,} epochs, {steps} steps, "
-        f"{images} images (x2 views)",
-        f"  {compute['worker_cpu_epochs']:,.1f} worker-CPU-epochs, "
-        f"{compute['worker_gpu_epochs']:,.1f} worker-GPU-epochs",
-    ]
-    user_cap = spec.algorithm.max_concurrent_trials
-    lines.append(
-        f"  max concurrent trials: {user_cap or 'as many as the cluster holds'} "
-        "(capped by cluster CPUs/GPUs when the sweep starts)"
-    )
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- reference
-
-
-def _type_name(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is type(None):
-        return "null"
-    if origin is Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if origin in (list, Sequence):
-        return f"list of {_type_name(args[0])}"
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"list of {_type_name(args[0])}"
-        return "[" + ", ".join(_type_name(a) for a in args) + "]"
-    if origin is dict:
-        return f"mapping {_type_name(args[0])} -> {_type_name(args[1])}"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "section"
-    if annotation is Any:
-        return "any"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _default_text(info: Any) -> str:
-    if info.is_required():
-        return "required"
-    value = info.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        return ""
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, float):
-        return f"`{value:.6g}`"
-    if isinstance(value, list) and all(isinstance(v, float) for v in value):
-        return "`[" + ", ".join(f"{v:.6g}" for v in value) + "]`"
-    return f"`{json.dumps(value)}`"
-
-
-def _model_rows(
-    model: type[BaseModel], prefix: str, defaults: bool = True
-) -> list[tuple[str, str, str, str]]:
-    rows = []
-    for name, info in model.model_fields.items():
-        sub = _model_of(info.annotation)
-        if sub is not None and sub is not ParamValues:
-            rows += _model_rows(sub, f"{prefix}{name}.")
-            continue
-        rows.append(
-            (
-                f"`{prefix}{name}`",
-                _type_name(info.annotation).removesuffix(" or null")
-                if not defaults
-                else (_type_name(info.annotation)),
-                _default_text(info) if defaults else "-",
-                " ".join((info.description or "").split()),
-            )
-        )
-    return rows
-
-
-def _rows_table(rows: list[tuple[str, str, str, str]]) -> str:
-    out = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    out += [f"| {k} | {t} | {d} | {m} |" for k, t, d, m in rows]
-    return "\n".join(out)
-
-
-def _doc(model: type[BaseModel]) -> str:
-    return " ".join((model.__doc__ or "").split("\n\n")[0].split())
-
-
-_REFERENCE_INTRO = """\
-# Search-space reference
-
-<!-- Generated by `python -m ablate.spec > docs/search_space.md`; edit ablate/spec.py and
-ablate/config.py, not this file (tests/test_spec.py checks they agree). -->
-
-A sweep is one YAML file. Its top level holds the sweep keys (name, space, algorithm, ...)
-and, beside them, the trial-config sections (`data`, `model`, `augment`, `loss`, `optim`,
-`train`, `eval`, `resources`) that form the *base configuration* every trial starts from.
-Everything has a default except `name`. The file is read with `yaml.safe_load` and fully
-validated, every expanded configuration included, before Ray starts; a problem exits with
-status 2 and names the file, the dotted key and what was expected.
-
-```yaml
-name: head_by_ops                 # results in <storage.path>/head_by_ops/
-description: projection head x augmentation composition
-data: {name: synthetic, num_train: 1024, synthetic_size: 24}
-model: {arch: resnet18, width: 8}
-train: {epochs: 6, batch_size: 128}
-space:
-  augment.ops: {grid: [[crop], [crop, color], [crop, flip, color]]}
-  model.head: {grid: [linear, nonlinear]}
-replicates: 2                     # 3 x 2 configurations x 2 seeds = 12 trials
-scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
-```
-
-Run it with `python -m entrypoints.sweep SPEC.yaml [--set KEY=VALUE ...] [--dry-run]
-[--resume] [--address ADDR] [--storage-path P]`, or on a cluster with
-`ray job submit --working-dir . -- python -m entrypoints.sweep SPEC.yaml`.
-
-## Command-line overrides
-
-`--set KEY=VALUE` (repeatable) changes the spec before validation. `VALUE` is parsed as YAML
-(`--set train.epochs=5`, `--set 'augment.ops=[crop, color]'`, `--set replicates=3`). `KEY` is a
-top-level key (`replicates`, `name`, `algorithm.num_samples`, `scheduler.grace_period`), a
-base-config key (`train.epochs`, `data.num_train`), or `space.<dotted key>` to replace one swept
-key (`--set 'space.model.head={grid: [linear]}'`). Setting a base key that the spec sweeps is an
-error (the base value would be ignored). `--storage-path P` is `--set storage.path=P`.
-
-## Values of a swept key
-
-Keys of `space` are dotted trial-config keys (the tables further down). Each maps to exactly one
-of:
-
-"""
-
-_REFERENCE_MIDDLE = """
-
-`grid`, `choice` and `op_pairs` values and the ends of every range are validated against the
-trial schema before the sweep starts, and so is every expanded configuration (grid, random).
-
-## Replicates, seeds and ranking
-
-`replicates: K` runs each configuration with `train.seed` = base seed + 0..K-1 and records the
-replicate index. The summary groups trials by their varying values (the seed excluded) and ranks
-groups by the mean of `scheduler.metric` at each trial's last epoch; groups whose trials all ran
-every epoch rank above groups with an early-stopped or failed trial. Ranking never uses a
-`test/` metric or the contrastive loss.
-
-## Optuna and early stopping
-
-`algorithm: {name: optuna}` uses `ray.tune.search.optuna.OptunaSearch` (TPE). Trials that ASHA
-stops early are reported to Optuna as *pruned* (not as completed with their early score), and
-per-epoch values are reported with `step = epoch`, so the sampler learns only from trials that
-ran to the end.
-
-## Resources and concurrency
-
-`resources` sets one trial's worker group: `num_workers` Ray Train workers, each reserving
-`cpus_per_worker` CPUs and `gpus_per_worker` GPUs (fractions such as 0.5 pack two trials' workers
-on one GPU; above 1, whole numbers). The Tune trial itself reserves no CPU or GPU, so it never
-starves its own workers. Trials run at most `min(algorithm.max_concurrent_trials,
-floor(cluster CPUs / (workers x cpus_per_worker)), floor(cluster GPUs / (workers x
-gpus_per_worker)))` at a time. A worker that no node can hold is an error before any trial
-starts.
-
-## Storage and resuming
-
-Results go to `<storage.path>/<name>/`: Tune's experiment state and per-trial results, each
-trial's Ray Train run (checkpoints) in `train/<trial_id>/`, and `summary.json` at the end. On a
-multi-node cluster use a filesystem every node mounts or an `s3://`/`gs://` URI. A sweep whose
-directory exists is refused unless `--resume` is given, which continues it: finished trials are
-kept, unfinished and errored trials continue from their latest checkpoint. `--resume` refuses a
-spec (with its `--set` values) whose trials differ from the ones the sweep started with.
-
-## Running on a cluster
-
-`ray job submit --working-dir . -- python -m entrypoints.sweep SPEC.yaml` runs the sweep driver
-on the cluster (it joins the cluster named by `$RAY_ADDRESS`; `--address` does the same from
-anywhere). Set `storage.path` (or `--storage-path`) to a path every node mounts or an
-`s3://`/`gs://` URI: the job's working directory is a temporary copy. The datasets named in the
-spec must be readable from the driver, which decodes each distinct dataset once and shares it
-with every trial through the object store. Without `--address`/`$RAY_ADDRESS` the sweep starts
-a local Ray on 127.0.0.1 (with its dashboard on a free loopback port: Ray Train's placement-group
-cleaner needs the state API, or one process per trial would outlive its trial).
-
-"""
-
-
-def render_reference() -> str:
-    """The Markdown reference of the spec (``docs/search_space.md``), from the models above."""
-    parts = [_REFERENCE_INTRO]
-    parts.append(_rows_table(_model_rows(ParamValues, "", defaults=False)))
-    parts.append(_REFERENCE_MIDDLE)
-    parts.append("## Sweep keys\n\n" + _doc(SweepSpec) + "\n\n")
-    parts.append(_rows_table(_model_rows(SweepSpec, "")) + "\n")
-    parts.append("\n## Base configuration (trial-config sections)\n")
-    for section, info in TrialConfig.model_fields.items():
-        model = _model_of(info.annotation)
-        assert model is not None
-        parts.append(f"\n### `{section}`\n\n{_doc(model)}\n\n")
-        parts.append(_rows_table(_model_rows(model, f"{section}.")) + "\n")
-    return "".join(parts)
-
-
-if __name__ == "__main__":
-    print(render_reference(), end="")

@@ -1,10 +1,12 @@
-"""Run a sweep: Ray Tune trials, each a function trainable that runs one Ray Train trial.
+"""Run a plan: Ray Tune trials, each a function trainable that runs one Ray Train trial.
 
-``run_sweep(spec)`` connects to Ray (joins ``address`` / ``$RAY_ADDRESS``, else starts a local
-instance on 127.0.0.1), checks the cluster can hold one trial's worker group, and runs every
-trial of the ``ablate.spec.Sweep`` through ``ray.tune.Tuner``:
+``run_sweep(spec)`` runs the checks of ``ablate.preflight`` (once), connects to Ray (joins
+``address`` / ``$RAY_ADDRESS``, else starts a local instance on 127.0.0.1), checks the cluster
+can hold one trial's worker group (``preflight.check_cluster``), runs every trial of the
+``ablate.spec.SweepPlan`` through ``ray.tune.Tuner``, logs the sweep to MLflow as the spec's
+``tracking.*`` settings say (``ablate.tracking``) and writes its report:
 
-* Each trial is ``_run_trial``: it builds a ``TorchTrainer`` with ``ablate.train.build_trainer``
+* Each trial is ``fit_trial``: it builds a ``TorchTrainer`` with ``ablate.train.build_trainer``
   and calls ``fit()`` (the Train V2 pattern; Tune no longer accepts trainers). Ray Train's
   ``TuneReportCallback`` forwards every epoch's rank-0 report to Tune, so ASHA sees
   ``epoch`` and ``val/knn_top1`` as they happen.
@@ -22,22 +24,24 @@ trial of the ``ablate.spec.Sweep`` through ``ray.tune.Tuner``:
 
 Results: ``<storage>/<sweep>/`` holds Tune's experiment, ``train/<trial_id>/`` each trial's Train
 run (checkpoints, so a retried or resumed trial continues), ``plan.json`` (the planned trials,
-checked on ``--resume``) and ``summary.json`` (the ranked table ``run_sweep`` returns).
+checked on ``--resume``), ``summary.json`` (the ranked table ``run_sweep`` returns) and
+``report/`` (``ablate.tracking.publish_report``). Outcomes, metric names, group statistics and the
+ranking rule are ``ablate.vocabulary``'s and ``ablate.stats``'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import pickle
-import re
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +49,11 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from ablate.spec import (
-    SUMMARY_METRICS,
-    SpecError,
-    Sweep,
-    check_data_sources,
-    check_storage_path,
-    format_value,
-    load_sweep,
-    parse_sweep,
-    trial_resources,
-)
-
-#: Outcomes of a trial in the summary (``trial_status``).
-TRIAL_STATUSES = ("completed", "stopped", "diverged", "failed", "interrupted")
-
-#: Per-epoch metrics shown in Tune's progress table.
-PROGRESS_METRICS = ("epoch", "val/knn_top1", "train/loss", "train/images_per_sec", "status")
-
+from ablate import data as data_lib
+from ablate import preflight, stats, vocabulary
+from ablate.config import DataConfig
+from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
+from ablate.vocabulary import format_value
 
 # ----------------------------------------------------------------------------- the trial
 
@@ -70,7 +61,7 @@ PROGRESS_METRICS = ("epoch", "val/knn_top1", "train/loss", "train/images_per_sec
 def _trial_function(train_storage_path: str, dataset_refs: dict[str, Any]) -> Any:
     """The Tune function trainable of this sweep (closes over where Train runs are stored)."""
 
-    def run_trial(param: dict[str, Any]) -> None:
+    def fit_trial(param: dict[str, Any]) -> None:
         launched_at = time.time()
         # Imported here: the trial actor needs them, the driver's import path does not.
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -89,7 +80,7 @@ def _trial_function(train_storage_path: str, dataset_refs: dict[str, Any]) -> An
         )
         trainer.fit()
 
-    return run_trial
+    return fit_trial
 
 
 def _trial_name(trial: Any) -> str:
@@ -144,15 +135,15 @@ class OptunaTrials(Searcher):
     COMPLETE.
     """
 
-    def __init__(self, sweep: Sweep) -> None:
+    def __init__(self, plan: SweepPlan) -> None:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        super().__init__(metric=sweep.metric, mode=sweep.mode)
-        self._sweep = sweep
+        super().__init__(metric=plan.metric, mode=plan.mode)
+        self._plan = plan
         self._labels: dict[str, dict[str, Any]] = {}
         space: dict[str, Any] = {}
-        for key, values in sweep.sampled.items():
+        for key, values in plan.sampled.items():
             kind = values.kind()
             if kind == "choice":
                 labels = {format_value(v): v for v in values.choice or []}
@@ -168,9 +159,9 @@ class OptunaTrials(Searcher):
                 )
         self._optuna = OptunaSearch(
             space=space,
-            metric=sweep.metric,
-            mode=sweep.mode,
-            sampler=optuna.samplers.TPESampler(seed=sweep.spec.algorithm.seed),
+            metric=plan.metric,
+            mode=plan.mode,
+            sampler=optuna.samplers.TPESampler(seed=plan.spec.algorithm.seed),
         )
         self._epochs: dict[str, int] = {}
         self._steps: dict[str, int] = {}
@@ -186,7 +177,7 @@ class OptunaTrials(Searcher):
             key: self._labels[key][value] if key in self._labels else value
             for key, value in suggested.items()
         }
-        param = self._sweep.make_param(varying)
+        param = self._plan.make_param(varying)
         self._epochs[trial_id] = int(param["config"]["train"]["epochs"])
         return param
 
@@ -209,7 +200,8 @@ class OptunaTrials(Searcher):
             self.on_trial_result(trial_id, result)
         # OptunaSearch records a trial with no result as FAIL (error) or PRUNED (no error); with
         # a result it records COMPLETE with the last value, whatever epoch that came from.
-        if error or trial_status(result, self._epochs[trial_id]) != "completed":
+        outcome = vocabulary.trial_outcome(result, self._epochs[trial_id])
+        if error or outcome.status not in vocabulary.COMPARABLE_STATUSES:
             result = None
         self._optuna.on_trial_complete(trial_id, result=result, error=error)
 
@@ -223,22 +215,6 @@ class OptunaTrials(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
             self.__dict__.update(pickle.load(file))
-
-
-def trial_status(result: dict[str, Any] | None, planned_epochs: int, errored: bool = False) -> str:
-    """completed | stopped (by the scheduler) | diverged | failed | interrupted (no epoch
-    reported, e.g. the sweep was interrupted first), from a trial's last result."""
-    result = result or {}
-    if result.get("status") == "diverged":
-        return "diverged"
-    if errored:
-        return "failed"
-    epoch = result.get("epoch")
-    if epoch is None:
-        return "interrupted"
-    if result.get("status") == "completed" or (epoch is not None and epoch >= planned_epochs):
-        return "completed"
-    return "stopped"
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -291,158 +267,27 @@ def _alive_nodes() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def worker_slots(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
-    """How many workers of ``cpus``/``gpus`` each the nodes can hold at once."""
-    slots = 0
-    for node in nodes:
-        fits = math.floor(node.get("CPU", 0.0) / cpus + 1e-9) if cpus > 0 else 1 << 30
-        if gpus > 0:
-            fits = min(fits, math.floor(node.get("GPU", 0.0) / gpus + 1e-9))
-        slots += fits
-    return slots
-
-
-def check_cluster(sweep: Sweep, nodes: list[dict[str, float]]) -> int:
-    """Fail (``SpecError``) when no node can hold a worker or the cluster a worker group;
-    return how many trials can run at once."""
-    if not nodes:
-        raise SpecError(sweep.source, "resources", "the Ray cluster has no alive node")
-    summary = "; ".join(
-        f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)
-    )
-    concurrency = None
-    seen: set[tuple[int, float, float]] = set()
-    for config in sweep.configs():
-        res = trial_resources(config)
-        shape = (int(res["workers"]), res["cpus_per_worker"], res["gpus_per_worker"])
-        if shape in seen:
-            continue
-        seen.add(shape)
-        workers, cpus, gpus = shape
-
-        def key(name: str) -> str:
-            dotted = f"resources.{name}"
-            return f"space.{dotted}" if dotted in sweep.spec.space else dotted
-
-        if not any(n.get("CPU", 0.0) + 1e-9 >= cpus for n in nodes):
-            raise SpecError(
-                sweep.source,
-                key("cpus_per_worker"),
-                f"{cpus:g} CPUs per worker, but no node has that many ({summary})",
-            )
-        if gpus > 0 and not any(
-            n.get("GPU", 0.0) + 1e-9 >= gpus and n.get("CPU", 0.0) + 1e-9 >= cpus for n in nodes
-        ):
-            raise SpecError(
-                sweep.source,
-                key("gpus_per_worker"),
-                f"{gpus:g} GPUs (with {cpus:g} CPUs) per worker, but no node has them ({summary})",
-            )
-        slots = worker_slots(nodes, cpus, gpus)
-        if slots < workers:
-            raise SpecError(
-                sweep.source,
-                key("num_workers"),
-                f"{workers} workers of {cpus:g} CPU / {gpus:g} GPU each, but the cluster holds "
-                f"only {slots} such workers at once ({summary})",
-            )
-        fit = slots // workers
-        concurrency = fit if concurrency is None else min(concurrency, fit)
-    assert concurrency is not None
-    return concurrency
-
-
-def max_concurrent_trials(sweep: Sweep, cluster_limit: int) -> int:
-    """``min(algorithm.max_concurrent_trials, what the cluster holds, number of trials)``."""
-    limits = [cluster_limit, max(sweep.num_trials, 1)]
-    if sweep.spec.algorithm.max_concurrent_trials:
-        limits.append(sweep.spec.algorithm.max_concurrent_trials)
-    return max(1, min(limits))
-
-
 # ----------------------------------------------------------------------------- storage
 
 
-def _filesystem(path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def _exists(path: str) -> bool:
-    import pyarrow.fs
-
-    fs, inner = _filesystem(path)
-    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
-
-
 def _write_text(path: str, text: str) -> None:
-    fs, inner = _filesystem(path)
+    fs, inner = preflight.filesystem(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(inner) as stream:
         stream.write(text.encode())
 
 
-def _read_text(path: str) -> str | None:
-    if not _exists(path):
-        return None
-    fs, inner = _filesystem(path)
-    with fs.open_input_stream(inner) as stream:
-        return stream.read().decode()
-
-
-def _plan_json(sweep: Sweep) -> str:
-    plan = {
-        "sweep": sweep.name,
-        "algorithm": sweep.spec.algorithm.model_dump(),
-        "scheduler": sweep.spec.scheduler.model_dump(),
-        "trials": sweep.trials,
-        "sampled": {k: v.model_dump(exclude_none=True) for k, v in sweep.sampled.items()},
-        "base": sweep.base if not sweep.trials else None,
-    }
-    return json.dumps(plan, indent=1, sort_keys=True)
-
-
-def check_experiment_dir(sweep: Sweep, resume: bool) -> bool:
-    """Refuse to overwrite a sweep; on resume, refuse a changed plan. True: restore from it."""
-    directory = sweep.experiment_dir
-    if not _exists(directory):
-        return False
-    if not resume:
-        raise SpecError(
-            sweep.source,
-            "name",
-            f"{directory} already exists: pass --resume to continue that sweep, or give a new "
-            "name (--set name=...) or --storage-path",
-        )
-    saved = _read_text(f"{directory}/plan.json")
-    if saved is not None and json.loads(saved) != json.loads(_plan_json(sweep)):
-        raise SpecError(
-            sweep.source,
-            "name",
-            f"the spec's trials differ from those {directory} was started with; --resume "
-            "continues the original plan only: restore the spec (and --set values) or use a "
-            "new name",
-        )
-    return True
-
-
 # ----------------------------------------------------------------------------- datasets
 
 
-def _share_datasets(sweep: Sweep) -> dict[str, Any]:
+def _share_datasets(plan: SweepPlan) -> dict[str, Any]:
     """Decode each distinct dataset once in the driver and put it in the object store.
 
     Every trial then maps the same arrays instead of decoding them again (worker start-up is
     the fixed per-trial overhead). ``image_folder`` datasets are left to the workers.
     """
-    from ablate import data as data_lib
-    from ablate.config import DataConfig
-
     refs: dict[str, Any] = {}
-    for config in sweep.configs():
+    for config in plan.configs():
         data = config["data"]
         key = _data_key(data)
         if key in refs or data["name"] == "image_folder":
@@ -450,7 +295,7 @@ def _share_datasets(sweep: Sweep) -> dict[str, Any]:
         try:
             dataset = data_lib.load_dataset(DataConfig.model_validate(data))
         except data_lib.DataError as error:
-            raise SpecError(sweep.source, "data", str(error)) from None
+            raise SpecError(plan.source, "data", str(error)) from None
         refs[key] = [ray.put(dataset)]
     return refs
 
@@ -458,36 +303,31 @@ def _share_datasets(sweep: Sweep) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- summary
 
 
-def _stats(values: list[float]) -> dict[str, float | int | None]:
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return {"mean": None, "std": None, "max": None, "n": 0}
-    std = statistics.stdev(finite) if len(finite) > 1 else None
-    return {"mean": statistics.fmean(finite), "std": std, "max": max(finite), "n": len(finite)}
-
-
-def trial_records(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
-    """One dict per Tune trial: its varying values, outcome and last metrics."""
+def trial_records(plan: SweepPlan, results: Any) -> list[dict[str, Any]]:
+    """One dict per Tune trial: its varying values, outcome (``vocabulary.trial_outcome``) and
+    the last value of every metric it reported: the ranking metric, the final evaluations
+    (``vocabulary.FINAL_METRICS``, semi-supervised ones included), the loss and wall time."""
     records = []
     for result in results:
         param = result.config or {}
-        config = param.get("config") or sweep.base
+        config = param.get("config") or plan.base
         metrics = dict(result.metrics or {})
         errored = result.error is not None
+        epochs = int(config["train"]["epochs"])
         records.append(
             {
                 "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
                 "varying": param.get("varying", {}),
                 "replicate": param.get("replicate", 0),
                 "seed": config["train"]["seed"],
-                "status": trial_status(metrics, int(config["train"]["epochs"]), errored),
+                "status": vocabulary.trial_outcome(metrics, epochs, errored).status,
                 "epoch": metrics.get("epoch"),
-                "epochs": int(config["train"]["epochs"]),
+                "epochs": epochs,
                 "overhead_seconds": metrics.get("overhead_seconds"),
-                "error": _error_line(result.error) if errored else None,
+                "error": vocabulary.error_line(result.error, 300) if errored else None,
                 "metrics": {
                     k: metrics[k]
-                    for k in (sweep.metric, *SUMMARY_METRICS, "train/loss", "wall_seconds")
+                    for k in (plan.metric, *vocabulary.FINAL_METRICS, "train/loss", "wall_seconds")
                     if isinstance(metrics.get(k), (int, float))
                 },
             }
@@ -495,62 +335,83 @@ def trial_records(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _error_line(error: BaseException) -> str:
-    """The last meaningful line of a (remote) traceback, without terminal colours."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
-    lines = [line for line in lines if line]
-    return (lines[-1] if lines else type(error).__name__)[:300]
+def _stats_record(group: stats.GroupStats | None) -> dict[str, float | int | None]:
+    """``GroupStats`` as JSON (``n`` 0 and the rest None for a group without a value)."""
+    if group is None:
+        return {"mean": None, "std": None, "n": 0, "ci_low": None, "ci_high": None}
+    return asdict(group)
 
 
-def summarize(sweep: Sweep, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summary_metrics(plan: SweepPlan, records: list[dict[str, Any]]) -> list[str]:
+    """The ranking metric, then every final metric some trial reported, in vocabulary order."""
+    reported = {name for r in records for name in r["metrics"]}
+    return [plan.metric, *(m for m in vocabulary.FINAL_METRICS if m in reported)]
+
+
+def summarize(plan: SweepPlan, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group trials by varying values (the seed excluded) and rank the groups.
 
-    Groups whose trials all completed rank above the others; within each tier by the mean
-    of the ranking metric (``scheduler.mode``).
+    Each metric's statistics use the group's comparable (completed) replicates only
+    (``stats.describe``); groups are ranked by the mean of the ranking metric in the direction
+    of ``scheduler.mode``, groups without a completed replicate last (``stats.rank``).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         varying = {k: v for k, v in record["varying"].items() if k != "train.seed"}
         groups.setdefault(json.dumps(varying, sort_keys=True), []).append(record)
-    rows = []
-    for key, members in groups.items():
+    names = summary_metrics(plan, records)
+    rows, ranking = [], {}
+    for index, (key, members) in enumerate(groups.items()):
         statuses = [m["status"] for m in members]
-        row: dict[str, Any] = {
-            "varying": json.loads(key),
-            "trials": len(members),
-            **{s: statuses.count(s) for s in TRIAL_STATUSES},
-            "epochs": max((m["epoch"] or 0) for m in members),
-            "metrics": {
-                name: _stats([m["metrics"].get(name) for m in members])
-                for name in (sweep.metric, *SUMMARY_METRICS)
-            },
-            "trial_ids": [m["trial_id"] for m in members],
+        comparable = [m for m in members if m["status"] in vocabulary.COMPARABLE_STATUSES]
+        described = {
+            name: stats.describe(m["metrics"].get(name) for m in comparable) for name in names
         }
-        rows.append(row)
-    sign = 1.0 if sweep.mode == "max" else -1.0
-
-    def order(row: dict[str, Any]) -> tuple[int, float]:
-        mean = row["metrics"][sweep.metric]["mean"]
-        complete = row["completed"] == row["trials"]
-        return (0 if complete else 1, -sign * mean if mean is not None else math.inf)
-
-    rows.sort(key=order)
-    for rank, row in enumerate(rows, start=1):
+        ranking[index] = described[plan.metric]
+        rows.append(
+            {
+                "varying": json.loads(key),
+                "trials": len(members),
+                **{s: statuses.count(s) for s in vocabulary.TRIAL_STATUSES},
+                "epochs": max((m["epoch"] or 0) for m in members),
+                "metrics": {name: _stats_record(g) for name, g in described.items()},
+                "trial_ids": [m["trial_id"] for m in members],
+            }
+        )
+    ranked = [rows[i] for i in stats.rank(ranking, plan.mode)]
+    for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
-    return rows
+    return ranked
 
 
-def _mean_std(stats: dict[str, Any]) -> str:
-    if stats["mean"] is None:
+def _mean_std(record: dict[str, Any]) -> str:
+    if record["mean"] is None:
         return "-"
-    text = f"{stats['mean']:.4f}"
-    return text + (f" ± {stats['std']:.4f}" if stats["std"] is not None else "")
+    text = f"{record['mean']:.4f}"
+    return text + (f" ± {record['std']:.4f}" if record["std"] is not None else "")
 
 
-def format_summary(sweep: Sweep, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
-    """The final table: best configurations first, mean ± std over replicates."""
-    keys = [k for k in sweep.varying_keys if k != "train.seed"]
-    metrics = [sweep.metric, "val/probe_top1", "test/probe_top1"]
+def _num_classes(plan: SweepPlan) -> int | None:
+    """The most classes of any planned dataset, when known without reading it (else None)."""
+    counts = []
+    for config in plan.configs():
+        cfg = DataConfig.model_validate(config["data"])
+        if cfg.name == "synthetic":
+            counts.append(cfg.num_classes)
+        elif cfg.name in data_lib.KNOWN_TRAIN_CLASSES:
+            counts.append(data_lib.KNOWN_TRAIN_CLASSES[cfg.name][0])
+        else:
+            return None
+    return max(counts)
+
+
+def format_summary(
+    plan: SweepPlan, rows: list[dict[str, Any]], records: list[dict[str, Any]]
+) -> str:
+    """The final table: best configurations first, mean ± std over completed replicates of the
+    ranking metric and of every informative final metric the trials reported."""
+    keys = [k for k in plan.varying_keys if k != "train.seed"]
+    metrics = vocabulary.shown_metrics(summary_metrics(plan, records), _num_classes(plan))
     header = ["rank", *keys, "n", "done/stop/fail", *(f"{m} (mean ± std)" for m in metrics)]
     body = []
     for row in rows:
@@ -565,14 +426,14 @@ def format_summary(sweep: Sweep, rows: list[dict[str, Any]], records: list[dict[
         )
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     lines = [
-        f"\nsweep {sweep.name}: {len(records)} trials, ranked by {sweep.metric} ({sweep.mode}); "
-        "test/ columns are reported, never used for ranking",
+        f"\nsweep {plan.name}: {len(records)} trials, ranked by {plan.metric} ({plan.mode}) "
+        "over completed replicates; test/ columns are reported, never used for ranking",
         *(
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
             for r in [header, ["-" * w for w in widths], *body]
         ),
     ]
-    overhead = _stats([r["overhead_seconds"] for r in records])
+    overhead = _overhead(records)
     if overhead["n"]:
         lines.append(
             f"per-trial fixed overhead (trial start -> first training step): "
@@ -582,38 +443,47 @@ def format_summary(sweep: Sweep, rows: list[dict[str, Any]], records: list[dict[
     failed = [r for r in records if r["status"] == "failed"]
     for record in failed[:5]:
         lines.append(f"failed trial {record['trial_id']}: {record['error']}")
-    lines.append(f"results: {sweep.experiment_dir}")
+    lines.append(f"results: {plan.experiment_dir}")
     return "\n".join(lines)
+
+
+def _overhead(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-trial fixed overhead (seconds) over every trial that measured it."""
+    values = stats.finite(r["overhead_seconds"] for r in records)
+    return {**_stats_record(stats.describe(values)), "max": max(values, default=None)}
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def _scheduler(sweep: Sweep) -> Any:
+def _scheduler(plan: SweepPlan) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    spec = sweep.spec.scheduler
+    spec = plan.spec.scheduler
     if spec.name == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="epoch",
-        max_t=spec.max_t or sweep.max_epochs(),
+        max_t=spec.max_t or plan.max_epochs(),
         grace_period=spec.grace_period,
         reduction_factor=spec.reduction_factor,
     )
 
 
-def _reporter(sweep: Sweep) -> Any:
+def _reporter(plan: SweepPlan) -> Any:
     from ray.tune import CLIReporter
 
     # Only keys every trial has: the best-trial line looks each column up without a default,
     # so a `together` key that some entries leave out would crash the sweep's reporter.
-    keys = [k for k in sweep.varying_keys if all(k in t["varying"] for t in sweep.trials)]
+    keys = [k for k in plan.varying_keys if all(k in t["varying"] for t in plan.trials)]
     params = {f"varying/{k}": k.split(".")[-1] for k in keys}
     params["replicate"] = "rep"
     return CLIReporter(
         parameter_columns=params,
-        metric_columns={m: m.split("/")[-1] for m in PROGRESS_METRICS},
+        metric_columns={
+            m: m.split("/")[-1]
+            for m in ("epoch", plan.metric, "train/loss", "train/images_per_sec", "status")
+        },
         max_report_frequency=30,
         max_column_length=24,
         sort_by_metric=True,
@@ -621,39 +491,39 @@ def _reporter(sweep: Sweep) -> Any:
 
 
 def build_tuner(
-    sweep: Sweep,
+    plan: SweepPlan,
     *,
     concurrency: int,
     callbacks: Sequence[Any] = (),
     dataset_refs: dict[str, Any] | None = None,
     restore: bool = False,
 ) -> tune.Tuner:
-    """A new ``Tuner`` for ``sweep``, or the one restored from its experiment directory."""
+    """A new ``Tuner`` for ``plan``, or the one restored from its experiment directory."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     trainable = tune.with_resources(
-        _trial_function(sweep.train_storage_path, dataset_refs or {}),
+        _trial_function(plan.train_storage_path, dataset_refs or {}),
         # One byte of memory: Tune needs a non-empty bundle; the worker group holds the compute.
         {"memory": 1},
     )
-    if restore and tune.Tuner.can_restore(sweep.experiment_dir):
+    if restore and tune.Tuner.can_restore(plan.experiment_dir):
         return tune.Tuner.restore(
-            sweep.experiment_dir,
+            plan.experiment_dir,
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=True,
         )
-    searcher = OptunaTrials(sweep) if sweep.spec.algorithm.name == "optuna" else None
-    searcher = searcher or PlannedTrials(sweep.trials, sweep.metric, sweep.mode)
+    searcher = OptunaTrials(plan) if plan.spec.algorithm.name == "optuna" else None
+    searcher = searcher or PlannedTrials(plan.trials, plan.metric, plan.mode)
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(
-            metric=sweep.metric,
-            mode=sweep.mode,
+            metric=plan.metric,
+            mode=plan.mode,
             search_alg=searcher,
-            scheduler=_scheduler(sweep),
-            num_samples=sweep.num_trials,
+            scheduler=_scheduler(plan),
+            num_samples=plan.num_trials,
             max_concurrent_trials=concurrency,
             # Not reused: a trial actor ASHA stopped still has its training thread blocked in
             # fit() and cannot be reset; a fresh actor costs less than Train's own start-up.
@@ -662,11 +532,11 @@ def build_tuner(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=sweep.name,
-            storage_path=sweep.storage_path,
+            name=plan.name,
+            storage_path=plan.storage_path,
             # Explicit, so results reach disk even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set.
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
-            progress_reporter=_reporter(sweep),
+            progress_reporter=_reporter(plan),
             # Ray Train already restarts failed worker groups from their checkpoints
             # (build_trainer's FailureConfig); a trial that still fails is reported, not rerun.
             failure_config=tune.FailureConfig(max_failures=0),
@@ -675,77 +545,136 @@ def build_tuner(
     )
 
 
+@dataclass
+class SweepSummary:
+    """What ``run_sweep`` leaves: the ranked ``rows`` (``summarize``), one record per trial
+    (``trial_records``), where ``summary.json`` and the report's ``summary.md`` are (the
+    report: None when tracking is off or it lives in remote storage) and the MLflow store."""
+
+    rows: list[dict[str, Any]]
+    trials: list[dict[str, Any]]
+    summary_path: str
+    report_path: str | None
+    tracking_uri: str | None
+
+    @property
+    def failed(self) -> int:
+        """Trials that raised."""
+        return sum(row["failed"] for row in self.rows)
+
+
 def run_sweep(
-    spec: Sweep | str | os.PathLike[str],
+    spec: SweepPlan | str | os.PathLike[str],
     *,
     overrides: Sequence[str] = (),
     resume: bool = False,
     address: str | None = None,
     callbacks: Sequence[Any] = (),
     share_data: bool = True,
-) -> list[dict[str, Any]]:
-    """Run (or with ``resume`` continue) a sweep; return its ranked summary rows.
+    checked: preflight.Preflight | None = None,
+) -> SweepSummary:
+    """Run (or with ``resume`` continue) a plan, log it to MLflow and write its report.
 
-    ``spec`` is a path or a loaded ``Sweep`` (``overrides`` are ``--set`` strings). Raises
-    ``SpecError`` before any trial starts when the spec or the cluster cannot work.
-    ``callbacks`` are Ray Tune callbacks (e.g. ``ablate.tracking.MlflowCallback``).
+    ``spec`` is a path or a loaded ``SweepPlan`` (``overrides`` are ``--set`` strings). The
+    checks of ``ablate.preflight`` run first unless ``checked`` holds their result (a caller
+    that ran them itself); any problem raises ``SpecError`` before a trial starts. With
+    ``tracking.enabled`` the sweep is logged to the store of the spec's ``tracking.uri`` /
+    ``tracking.experiment`` and its report (ranked by ``scheduler.metric``/``mode``) written to
+    ``<experiment_dir>/report``. ``callbacks`` are further Ray Tune callbacks.
     """
-    if isinstance(spec, Sweep):
-        sweep = spec
+    if isinstance(spec, SweepPlan):
+        plan = spec
         if overrides:
-            sweep = parse_sweep(
+            plan = parse_sweep(
                 spec.text, source=spec.source, overrides=[*spec.overrides, *overrides]
             )
     else:
-        sweep = load_sweep(spec, overrides)
-    if "://" not in sweep.storage_path and "runtime_resources" in os.getcwd():
+        plan = load_sweep(spec, overrides)
+    checked = checked or preflight.check(plan, resume)
+    if "://" not in plan.storage_path and "runtime_resources" in os.getcwd():
         print(
-            f"warning: results go to {sweep.storage_path}, inside the job's temporary working "
+            f"warning: results go to {plan.storage_path}, inside the job's temporary working "
             "directory; set storage.path (--storage-path) to a lasting shared path or URI",
             file=sys.stderr,
         )
+    tracker = None
+    if checked.tracking_uri is not None:
+        from ablate import tracking
+
+        tracker = tracking.SweepTracker(
+            checked.tracking_uri,
+            plan.spec.tracking.experiment or plan.name,
+            execution=plan.name,
+            spec_text=plan.text,
+            storage_path=plan.storage_path,
+        )
+        callbacks = [tracking.MlflowCallback(tracker), *callbacks]
+    with tracker if tracker is not None else contextlib.nullcontext():
+        rows, records, summary_path = _run_trials(
+            plan, checked.restore, address, callbacks, share_data
+        )
+    report_path = None
+    if tracker is not None:
+        local = "://" not in plan.experiment_dir
+        built = tracking.publish_report(
+            tracker.tracking_uri,
+            tracker.experiment,
+            tracker.parent_run_id,
+            out_dir=os.path.join(plan.experiment_dir, "report") if local else None,
+            metric=plan.metric,
+            mode=plan.mode,
+        )
+        report_path = str(built.summary_path)
+    return SweepSummary(rows, records, summary_path, report_path, checked.tracking_uri)
+
+
+def _run_trials(
+    plan: SweepPlan,
+    restore: bool,
+    address: str | None,
+    callbacks: Sequence[Any],
+    share_data: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Connect to Ray, check the cluster, run the Tuner; write and print the summary."""
     # Tune's legacy reporter prints the varying keys instead of every flattened config field.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    check_storage_path(sweep)
-    check_data_sources(sweep)
-    restore = check_experiment_dir(sweep, resume)
     started = connect(address)
     try:
-        cluster_limit = check_cluster(sweep, _alive_nodes())
-        concurrency = max_concurrent_trials(sweep, cluster_limit)
+        cluster_limit = preflight.check_cluster(plan, _alive_nodes())
+        concurrency = preflight.max_concurrent_trials(plan, cluster_limit)
         print(
-            f"sweep {sweep.name}: {sweep.num_trials} trials, up to {concurrency} at once "
-            f"(cluster holds {cluster_limit}); results in {sweep.experiment_dir}",
+            f"sweep {plan.name}: {plan.num_trials} trials, up to {concurrency} at once "
+            f"(cluster holds {cluster_limit}); results in {plan.experiment_dir}",
             file=sys.stderr,
         )
-        refs = _share_datasets(sweep) if share_data else {}
+        refs = _share_datasets(plan) if share_data else {}
         if not restore:  # every check passed: from here on the sweep directory exists
-            _write_text(f"{sweep.experiment_dir}/plan.json", _plan_json(sweep))
-            header = "".join(f"# --set {o}\n" for o in sweep.overrides)
-            _write_text(f"{sweep.experiment_dir}/spec.yaml", header + sweep.text)
+            _write_text(f"{plan.experiment_dir}/plan.json", plan.plan_json())
+            header = "".join(f"# --set {o}\n" for o in plan.overrides)
+            _write_text(f"{plan.experiment_dir}/spec.yaml", header + plan.text)
         tuner = build_tuner(
-            sweep, concurrency=concurrency, callbacks=callbacks, dataset_refs=refs, restore=restore
+            plan, concurrency=concurrency, callbacks=callbacks, dataset_refs=refs, restore=restore
         )
         started_at = time.time()
         results = tuner.fit()
-        records = trial_records(sweep, results)
-        rows = summarize(sweep, records)
-        overhead = _stats([r["overhead_seconds"] for r in records])
+        records = trial_records(plan, results)
+        rows = summarize(plan, records)
         summary = {
-            "sweep": sweep.name,
-            "source": sweep.source,
-            "metric": sweep.metric,
-            "mode": sweep.mode,
+            "sweep": plan.name,
+            "source": plan.source,
+            "metric": plan.metric,
+            "mode": plan.mode,
             "num_trials": len(records),
             "max_concurrent_trials": concurrency,
             "wall_seconds": time.time() - started_at,
-            "overhead_seconds": overhead,
+            "overhead_seconds": _overhead(records),
             "rows": rows,
             "trials": records,
         }
-        _write_text(f"{sweep.experiment_dir}/summary.json", json.dumps(summary, indent=1))
-        print(format_summary(sweep, rows, records))
-        return rows
+        summary_path = f"{plan.experiment_dir}/summary.json"
+        _write_text(summary_path, json.dumps(summary, indent=1))
+        print(format_summary(plan, rows, records))
+        return rows, records, summary_path
     finally:
         if started:
             ray.shutdown()

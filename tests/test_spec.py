@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ablate.config import FIGURE5_OPS
-from ablate.spec import (
-    SpecError,
-    Sweep,
-    describe_plan,
-    estimate_compute,
-    load_sweep,
-    op_pairs,
-    parse_sweep,
-    render_reference,
-)
+from ablate import data
+from ablate.config import FIGURE5_OPS, DataConfig
+from ablate.dryrun import describe_plan, estimate_compute, steps_per_epoch
+from ablate.reference import render_reference
+from ablate.spec import SpecError, SweepPlan, load_sweep, op_pairs, parse_sweep
 from entrypoints.sweep import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +29,7 @@ SHIPPED = {
 }
 
 
-def sweep_of(text: str, *overrides: str) -> Sweep:
+def sweep_of(text: str, *overrides: str) -> SweepPlan:
     return parse_sweep(textwrap.dedent(text), source="t.yaml", overrides=overrides)
 
 
@@ -244,6 +238,30 @@ space: {model.head: {grid: [linear, nonlinear, none]}}
     assert capped["steps"] == 3 * 2
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),  # the quickstart: 4 classes of 512, 51 each held out (205 if rounded overall)
+        ("data.num_train=1001", "data.num_classes=3", "data.val_fraction=0.15"),
+        ("data.limit_train=333", "resources.num_workers=2"),
+    ],
+)
+def test_dry_run_estimate_counts_the_trials_own_split(overrides):
+    """The estimate's pretraining set is the one the trial's class-balanced split keeps."""
+    plan = load_sweep(SPACES / "quickstart.yaml", overrides)
+    config = plan.trials[0]["config"]
+    cfg = DataConfig.model_validate(config["data"])
+    labels = data.load_dataset(cfg).train.labels  # decoded, as a trial does
+    train_idx, val_idx = data.train_val_split(labels, cfg.val_fraction, cfg.seed)
+    assert data.split_sizes(cfg) == (len(train_idx), len(val_idx))
+    workers, batch = config["resources"]["num_workers"], config["train"]["batch_size"]
+    expected = (len(train_idx) // workers) // (batch // workers)
+    assert steps_per_epoch(config) == expected
+    if not overrides:
+        assert len(train_idx) == 1844
+        assert estimate_compute(plan)["steps"] == 6 * 16 * expected
+
+
 # ----------------------------------------------------------------------------- overrides
 
 
@@ -430,7 +448,7 @@ def test_dry_run_imports_no_ray():
 def test_reference_page_is_generated_from_the_schema():
     committed = (REPO / "docs" / "search_space.md").read_text()
     assert committed == render_reference(), (
-        "docs/search_space.md is stale: python -m ablate.spec > docs/search_space.md"
+        "docs/search_space.md is stale: python -m ablate.reference > docs/search_space.md"
     )
 
 

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from ablate.spec import SpecError, parse_sweep
-from ablate.sweep import (
-    OptunaTrials,
-    PlannedTrials,
+from ablate.preflight import (
     check_cluster,
     check_experiment_dir,
     max_concurrent_trials,
-    summarize,
-    trial_status,
     worker_slots,
 )
+from ablate.spec import SpecError, parse_sweep
+from ablate.sweep import OptunaTrials, PlannedTrials, format_summary, summarize, trial_records
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -108,15 +105,6 @@ def test_swept_resources_report_the_space_key():
 # ----------------------------------------------------------------------------- outcomes
 
 
-def test_trial_status():
-    assert trial_status({"epoch": 3, "status": "completed"}, 3) == "completed"
-    assert trial_status({"epoch": 1, "status": "running"}, 3) == "stopped"
-    assert trial_status({"epoch": 2, "status": "diverged"}, 3) == "diverged"
-    assert trial_status({"epoch": 2, "status": "running"}, 3, errored=True) == "failed"
-    assert trial_status(None, 3, errored=True) == "failed"
-    assert trial_status({}, 3) == "interrupted"  # never reported an epoch
-
-
 def record(head: str, seed: int, status: str, knn: float, probe: float | None = None):
     metrics = {"val/knn_top1": knn}
     if probe is not None:
@@ -132,28 +120,67 @@ def record(head: str, seed: int, status: str, knn: float, probe: float | None = 
     }
 
 
-def test_summary_groups_replicates_and_ranks_completed_first():
+def test_summary_ranks_groups_by_their_completed_replicates():
+    """stats.rank's rule: means over completed replicates only, in the direction of mode;
+    a group without a completed replicate ranks last."""
     sweep = sweep_of("name: t\nspace: {model.head: {grid: [none, linear, nonlinear]}}")
     records = [
         record("linear", 0, "completed", 0.60, 0.5),
         record("linear", 1, "completed", 0.70, 0.7),
         record("nonlinear", 0, "completed", 0.80, 0.8),
         record("nonlinear", 1, "completed", 0.90, 0.9),
-        record("none", 0, "stopped", 0.95),  # high early score, but stopped: ranks last
-        record("none", 1, "completed", 0.99),
+        record("none", 0, "stopped", 0.95),  # an early score: enters no mean
+        record("none", 1, "completed", 0.50),
+        record("extra", 0, "stopped", 0.99),  # nothing completed: last, whatever its score
     ]
     rows = summarize(sweep, records)
-    assert [r["varying"]["model.head"] for r in rows] == ["nonlinear", "linear", "none"]
+    assert [r["varying"]["model.head"] for r in rows] == ["nonlinear", "linear", "none", "extra"]
     best = rows[0]
     assert best["rank"] == 1 and best["trials"] == 2 and best["completed"] == 2
     assert best["metrics"]["val/knn_top1"]["mean"] == pytest.approx(0.85)
     assert best["metrics"]["val/knn_top1"]["std"] == pytest.approx(0.0707, abs=1e-4)
     assert best["metrics"]["test/probe_top1"]["mean"] == pytest.approx(0.85)
-    assert rows[2]["stopped"] == 1
+    none = rows[2]
+    assert none["stopped"] == 1 and none["metrics"]["val/knn_top1"]["mean"] == 0.50
+    assert none["metrics"]["val/knn_top1"]["std"] is None  # one replicate has no spread
+    assert rows[3]["metrics"]["val/knn_top1"]["n"] == 0
     minimise = sweep_of(
         "name: t\nscheduler: {mode: min}\nspace: {model.head: {grid: [linear, nonlinear]}}"
     )
     assert summarize(minimise, records[:4])[0]["varying"]["model.head"] == "linear"
+
+
+def test_summary_and_closing_table_include_semi_supervised_metrics(tmp_path):
+    """Every final metric a trial reports reaches summary.json's rows and the closing table."""
+    from ray.tune import Result
+
+    sweep = sweep_of("name: t\nspace: {model.head: {grid: [linear]}}", storage=tmp_path)
+    param = sweep.trials[0]
+    final = {
+        "val/knn_top1": 0.8,
+        "val/probe_top1": 0.7,
+        "test/probe_top1": 0.69,
+        "val/semi_top1": 0.61,
+        "test/semi_top1": 0.6,
+    }
+    epochs = param["config"]["train"]["epochs"]
+    result = Result(
+        metrics={"config": param, "epoch": epochs, "status": "completed", **final},
+        checkpoint=None,
+        error=None,
+        path=str(tmp_path / "t" / "trial0"),
+    )
+    records = trial_records(sweep, [result])
+    assert records[0]["status"] == "completed"
+    assert records[0]["metrics"]["test/semi_top1"] == 0.6
+    rows = summarize(sweep, records)
+    assert rows[0]["metrics"]["val/semi_top1"]["mean"] == pytest.approx(0.61)
+    assert rows[0]["metrics"]["test/semi_top1"]["mean"] == pytest.approx(0.6)
+    assert "val/probe_top5" not in rows[0]["metrics"]  # not reported: no empty column
+    table = format_summary(sweep, rows, records)
+    header = table.splitlines()[2]
+    assert "val/semi_top1" in header and "test/semi_top1" in header
+    assert "0.6100" in table
 
 
 # ----------------------------------------------------------------------------- searchers

@@ -1,0 +1,237 @@
+"""Every check that runs before a sweep starts, in one place: each problem is a ``SpecError``
+naming the file and dotted key (the entrypoint's exit status 2), raised before Ray starts or
+anything is written.
+
+``check(plan, resume)`` runs them all, once, in order: the storage path, the data sources (via
+``ablate.data.check_sources``, which decodes nothing), the sweep's results directory (refused
+unless ``--resume``; on resume, a changed plan is refused) and, when tracking is on, whether the
+MLflow store answers (``ablate.tracking``, imported only then: it imports Ray). Its ``Preflight``
+says what the sweep needs to go on. The cluster's resources are known only once Ray is
+connected: ``check_cluster`` holds that rule, and ``ablate.sweep`` calls it with Ray's node list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate import data
+from ablate.config import DataConfig
+from ablate.spec import SpecError, SweepPlan, trial_resources
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found: ``restore`` (continue the sweep from its results directory) and
+    ``tracking_uri`` (the MLflow store that answered; None when the spec turns tracking off)."""
+
+    restore: bool
+    tracking_uri: str | None
+
+
+def check(plan: SweepPlan, resume: bool = False) -> Preflight:
+    """Run every pre-Ray check of ``plan`` once (see the module docstring); raises ``SpecError``."""
+    check_storage_path(plan)
+    check_data_sources(plan)
+    restore = check_experiment_dir(plan, resume)
+    return Preflight(restore=restore, tracking_uri=check_tracking(plan))
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """The ``pyarrow.fs`` filesystem of a local path or URI (``s3://...``) and the path in it."""
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def path_exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
+
+
+def read_text(path: str) -> str | None:
+    """The text of the file at ``path`` (local or URI); None when it does not exist."""
+    if not path_exists(path):
+        return None
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as stream:
+        return stream.read().decode()
+
+
+def check_storage_path(plan: SweepPlan) -> None:
+    """A local ``storage.path`` must be (or be creatable as) a directory this user can write.
+
+    Checked without creating anything; URIs (``s3://``, ...) are left to their first write.
+    """
+    path = plan.storage_path
+    if "://" in path:
+        return
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(
+            plan.source,
+            "storage.path",
+            f"{path} cannot be created: {existing} is a file, not a directory; give another "
+            "--storage-path (or storage.path in the spec)",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(
+            plan.source,
+            "storage.path",
+            f"{path} is not writable: this user cannot create or write in {existing}; give "
+            "another --storage-path (or storage.path in the spec)",
+        )
+
+
+def check_experiment_dir(plan: SweepPlan, resume: bool) -> bool:
+    """Refuse to overwrite a sweep; on resume, refuse a changed plan. True: restore from it.
+
+    Checked before the tracker reopens that sweep's MLflow runs, which would otherwise be
+    closed as FAILED by a refused start.
+    """
+    directory = plan.experiment_dir
+    if not path_exists(directory):
+        return False
+    if not resume:
+        raise SpecError(
+            plan.source,
+            "name",
+            f"{directory} already exists: pass --resume to continue that sweep, or give a new "
+            "name (--set name=...) or --storage-path",
+        )
+    saved = read_text(f"{directory}/plan.json")
+    if saved is not None and json.loads(saved) != json.loads(plan.plan_json()):
+        raise SpecError(
+            plan.source,
+            "name",
+            f"the spec's trials differ from those {directory} was started with; --resume "
+            "continues the original plan only: restore the spec (and --set values) or use a "
+            "new name",
+        )
+    return True
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def check_data_sources(plan: SweepPlan) -> None:
+    """Each distinct ``data`` section of the plan names a source that can be read.
+
+    ``ablate.data.check_sources`` decides (files, layout, columns; nothing decoded); its
+    ``DataError`` becomes a ``SpecError`` at the key the message names.
+    """
+    seen: set[str] = set()
+    for config in plan.configs():
+        key = json.dumps(config["data"], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data.check_sources(DataConfig.model_validate(config["data"]))
+        except data.DataError as error:
+            message = str(error).removeprefix(f"{error.key}: ")
+            raise SpecError(plan.source, error.key, message) from None
+
+
+# ----------------------------------------------------------------------------- tracking
+
+
+def check_tracking(plan: SweepPlan) -> str | None:
+    """The MLflow tracking URI of the plan (``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else
+    SQLite in ``storage.path``) once its store answers; None when tracking is off."""
+    if not plan.spec.tracking.enabled:
+        return None
+    from ablate import tracking  # imports Ray: only when everything before has passed
+
+    uri = tracking.resolve_tracking_uri(plan.spec.tracking.uri, plan.storage_path)
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as error:
+        raise SpecError(plan.source, "tracking.uri", str(error)) from None
+    return uri
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+def worker_slots(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
+    """How many workers of ``cpus``/``gpus`` each the nodes can hold at once."""
+    slots = 0
+    for node in nodes:
+        fits = math.floor(node.get("CPU", 0.0) / cpus + 1e-9) if cpus > 0 else 1 << 30
+        if gpus > 0:
+            fits = min(fits, math.floor(node.get("GPU", 0.0) / gpus + 1e-9))
+        slots += fits
+    return slots
+
+
+def check_cluster(plan: SweepPlan, nodes: list[dict[str, float]]) -> int:
+    """Fail (``SpecError``) when no node can hold a worker or the cluster a worker group;
+    return how many trials can run at once. ``nodes``: the ``Resources`` of Ray's alive
+    nodes."""
+    if not nodes:
+        raise SpecError(plan.source, "resources", "the Ray cluster has no alive node")
+    summary = "; ".join(
+        f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)
+    )
+    concurrency = None
+    seen: set[tuple[int, float, float]] = set()
+    for config in plan.configs():
+        res = trial_resources(config)
+        shape = (int(res["workers"]), res["cpus_per_worker"], res["gpus_per_worker"])
+        if shape in seen:
+            continue
+        seen.add(shape)
+        workers, cpus, gpus = shape
+
+        def key(name: str) -> str:
+            dotted = f"resources.{name}"
+            return f"space.{dotted}" if dotted in plan.spec.space else dotted
+
+        if not any(n.get("CPU", 0.0) + 1e-9 >= cpus for n in nodes):
+            raise SpecError(
+                plan.source,
+                key("cpus_per_worker"),
+                f"{cpus:g} CPUs per worker, but no node has that many ({summary})",
+            )
+        if gpus > 0 and not any(
+            n.get("GPU", 0.0) + 1e-9 >= gpus and n.get("CPU", 0.0) + 1e-9 >= cpus for n in nodes
+        ):
+            raise SpecError(
+                plan.source,
+                key("gpus_per_worker"),
+                f"{gpus:g} GPUs (with {cpus:g} CPUs) per worker, but no node has them ({summary})",
+            )
+        slots = worker_slots(nodes, cpus, gpus)
+        if slots < workers:
+            raise SpecError(
+                plan.source,
+                key("num_workers"),
+                f"{workers} workers of {cpus:g} CPU / {gpus:g} GPU each, but the cluster holds "
+                f"only {slots} such workers at once ({summary})",
+            )
+        fit = slots // workers
+        concurrency = fit if concurrency is None else min(concurrency, fit)
+    assert concurrency is not None
+    return concurrency
+
+
+def max_concurrent_trials(plan: SweepPlan, cluster_limit: int) -> int:
+    """``min(algorithm.max_concurrent_trials, what the cluster holds, number of trials)``."""
+    limits = [cluster_limit, max(plan.num_trials, 1)]
+    if plan.spec.algorithm.max_concurrent_trials:
+        limits.append(plan.spec.algorithm.max_concurrent_trials)
+    return max(1, min(limits))
