@@ -55,7 +55,7 @@ from ablate.report import Report, Row, SweepResults
 
 logger = logging.getLogger(__name__)
 
-#: Tag keys (one vocabulary for the tracker and the report).
+#: Tag keys, written by the tracker and read back by ``load_results``.
 TAG_SWEEP = "ablate.sweep"
 TAG_EXECUTION = "ablate.execution"
 TAG_ROLE = "ablate.role"  # "sweep" (parent) | "trial" (child)
@@ -428,15 +428,7 @@ class SweepTracker:
             f"tags.`{TAG_SWEEP}` = '{self.experiment}' and tags.`{TAG_EXECUTION}` = "
             f"'{self.execution}' and tags.`{TAG_ROLE}` = 'sweep'",
         )
-        tags = {
-            TAG_SWEEP: self.experiment,
-            TAG_EXECUTION: self.execution,
-            TAG_ROLE: "sweep",
-            **environment_tags(),
-            **self.extra_tags,
-        }
-        if self.storage_path:
-            tags["ablate.storage_path"] = self.storage_path
+        tags = self._parent_tags()
         if existing:
             self.parent_run_id = existing[0].info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
@@ -464,20 +456,7 @@ class SweepTracker:
             return
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"close status must be FINISHED, FAILED or KILLED, got {status!r}")
-        counts: dict[str, int] = {}
-        for run in self._children():
-            outcome = run.data.tags.get(TAG_STATUS, "running")
-            if run.info.status == "RUNNING":
-                outcome = "interrupted"
-                self._log(
-                    run.info.run_id,
-                    tags={
-                        TAG_STATUS: outcome,
-                        TAG_STATUS_DETAIL: f"sweep ended ({status}) while the trial was running",
-                    },
-                )
-                self.client.set_terminated(run.info.run_id, "KILLED")
-            counts[outcome] = counts.get(outcome, 0) + 1
+        counts = self._interrupt_running_children(status)
         self._log(
             self.parent_run_id,  # type: ignore[arg-type]
             tags={f"ablate.trials.{k}": str(v) for k, v in sorted(counts.items())},
@@ -486,6 +465,31 @@ class SweepTracker:
         for state in self._trials.values():
             state.finished = True
         self.closed = True
+
+    def _parent_tags(self) -> dict[str, str]:
+        tags = {
+            TAG_SWEEP: self.experiment,
+            TAG_EXECUTION: self.execution,
+            TAG_ROLE: "sweep",
+            **environment_tags(),
+            **self.extra_tags,
+        }
+        if self.storage_path:
+            tags["ablate.storage_path"] = self.storage_path
+        return tags
+
+    def _interrupt_running_children(self, status: str) -> dict[str, int]:
+        """End the child runs still RUNNING as ``interrupted``; the count of each outcome."""
+        counts: dict[str, int] = {}
+        for run in self._children():
+            outcome = run.data.tags.get(TAG_STATUS, "running")
+            if run.info.status == "RUNNING":
+                outcome = "interrupted"
+                detail = f"sweep ended ({status}) while the trial was running"
+                self._log(run.info.run_id, tags={TAG_STATUS: outcome, TAG_STATUS_DETAIL: detail})
+                self.client.set_terminated(run.info.run_id, vocabulary.TRIAL_STATUSES[outcome])
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
 
     def __enter__(self) -> SweepTracker:
         self.start()

@@ -4,6 +4,8 @@ tables, figures, findings and summary built from a results table (``report``).""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -449,3 +451,14 @@ def test_summary_is_ranked_by_the_sweeps_metric_and_mode(tmp_path):
     assert first_ranked(metric="val/online_top1") == "| 1 | linear | 2 | 0.7100 ± 0.0141 |"
     assert first_ranked(metric="val/knn_top1").startswith("| 1 | nonlinear | 2 | 0.8100 ± ")
     assert first_ranked(metric="val/online_top1", mode="min").startswith("| 1 | nonlinear |")
+
+
+def test_report_is_pure_of_mlflow_and_tracking():
+    """report builds from a results table; the MLflow layout is tracking's alone."""
+    code = (
+        "import sys, ablate.report\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'ray')\n"
+        "             or m == 'ablate.tracking'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
