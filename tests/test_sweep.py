@@ -347,7 +347,7 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path):
         "scheduler.grace_period=1",
         "scheduler.reduction_factor=2",
     ]
-    rows = run_sweep(QUICKSTART, overrides=overrides)
+    rows = run_sweep(QUICKSTART, overrides=overrides).rows
 
     summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
     statuses = {t["varying"]["data.num_classes"]: t["status"] for t in summary["trials"]}
@@ -371,6 +371,41 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path):
     assert [json.loads(line)["epoch"] for line in result_lines.splitlines()] == [1, 2, 3]
     # Stopping a trial tears its worker group down: no actors or placement groups left.
     assert _wait_for_no_leaks() == ([], [], [])
+
+
+@pytest.mark.slow
+def test_run_sweep_as_a_library_tracks_and_reports(ray_cluster, tmp_path):
+    """Without the entrypoint, run_sweep logs to the spec's tracking.uri / tracking.experiment
+    and writes the report beside the results."""
+    from mlflow import MlflowClient
+
+    from ablate.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    overrides = [
+        *SMALL,
+        f"storage.path={tmp_path}",
+        "tracking.enabled=true",
+        f"tracking.uri={uri}",
+        "tracking.experiment=library-exp",
+        "space.augment.ops={grid: [[crop, color]]}",
+        "space.model.head={grid: [linear]}",
+        "scheduler.name=fifo",
+    ]
+    done = run_sweep(QUICKSTART, overrides=overrides)
+
+    assert done.tracking_uri == uri and done.failed == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("library-exp")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags.get("ablate.role") for r in runs) == ["sweep", "trial"]
+    trial = next(r for r in runs if r.data.tags.get("ablate.role") == "trial")
+    assert trial.info.status == "FINISHED" and trial.data.tags["ablate.status"] == "completed"
+    assert "val/knn_top1" in trial.data.metrics
+    report = Path(done.report_path)
+    assert report.is_file() and report.parent == tmp_path / "quickstart" / "report"
+    assert json.loads(Path(done.summary_path).read_text())["rows"] == done.rows
 
 
 @pytest.mark.slow
