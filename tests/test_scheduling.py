@@ -192,25 +192,25 @@ SCORES = {"good": (0.7, 0.5), "bad": (0.75, 0.05), "fine": (0.9, 0.45)}
 EPOCHS = 8
 
 
-def _toy_trial(param: dict) -> None:
-    from ray import tune
-
-    value = SCORES[param["varying"]["model.name"]][param["replicate"]]
-    for epoch in range(1, EPOCHS + 1):
-        time.sleep(0.4)
-        tune.report({"epoch": epoch, "score": value})
-
-
 def _run(scheduler, storage: str, name: str) -> dict[tuple[str, int], int]:
     """Each (configuration, replicate) -> the last epoch it reported."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from ablate.sweep import PlannedTrials
+
+    scores, epochs = SCORES, EPOCHS
+
+    def toy_trial(param: dict) -> None:  # nested: Ray ships it by value (tests/ is no package)
+        value = scores[param["varying"]["model.name"]][param["replicate"]]
+        for epoch in range(1, epochs + 1):
+            time.sleep(0.4)
+            tune.report({"epoch": epoch, "score": value})
 
     # Configuration-major, two at a time: a configuration's replicates run together.
     params = [_param(model, r) for model in SCORES for r in range(2)]
     tuner = tune.Tuner(
-        tune.with_resources(_toy_trial, {"cpu": 1}),
+        tune.with_resources(toy_trial, {"cpu": 1}),
         tune_config=tune.TuneConfig(
             metric="score",
             mode="max",
@@ -220,7 +220,9 @@ def _run(scheduler, storage: str, name: str) -> dict[tuple[str, int], int]:
             max_concurrent_trials=2,
             reuse_actors=False,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=[JsonLoggerCallback()], verbose=0
+        ),
     )
     grid = tuner.fit()
     assert not grid.errors
