@@ -120,16 +120,28 @@ class SchedulerSpec(_SpecModel):
     """Early stopping (ASHA) or none (fifo). Also names the ranking metric of the summary."""
 
     name: Literal["fifo", "asha"] = Field(
-        "fifo", description="fifo: every trial runs all its epochs; asha: successive halving."
+        "fifo",
+        description="fifo: every trial runs all its epochs; asha: asynchronous successive "
+        "halving on configurations (`ablate.scheduling.ReplicateASHA`): with `replicates > 1` a "
+        "configuration's seeds are judged together, continued or stopped together on their mean "
+        "at each rung (a seed that reaches a rung first runs on until its siblings do), so no "
+        "configuration is kept or dropped on one lucky seed; its replicates are then run next "
+        "to each other (configuration-major order), and `algorithm.max_concurrent_trials` "
+        "should be at least `replicates`. With one replicate it decides as Ray's ASHA.",
     )
     metric: str = Field(
         DEFAULT_RANKING_METRIC,
         description=f"Ranking metric, reported every epoch: one of {', '.join(RANKING_METRICS)}.",
     )
     mode: Literal["max", "min"] = Field("max", description="max for accuracies.")
-    grace_period: int = Field(1, ge=1, description="asha: epochs before a trial can be stopped.")
+    grace_period: int = Field(
+        1, ge=1, description="asha: epochs before a configuration can be stopped (first rung)."
+    )
     reduction_factor: float = Field(
-        2.0, gt=1.0, description="asha: keep the best 1/reduction_factor at each rung."
+        2.0,
+        gt=1.0,
+        description="asha: keep the best 1/reduction_factor of configurations at each rung "
+        "(ranked by the mean of their replicates).",
     )
     max_t: int | None = Field(
         None, ge=1, description="asha: last rung, in epochs; default: the largest `train.epochs`."
@@ -164,7 +176,28 @@ class TrackingSpec(_SpecModel):
         description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else a SQLite file "
         "`mlflow.db` in `storage.path`.",
     )
-    experiment: str | None = Field(None, description="MLflow experiment; default: the sweep name.")
+    experiment: str | None = Field(
+        None,
+        description="MLflow experiment; default: the sweep name. Any name MLflow accepts (quotes, "
+        "backslashes, unicode; at most 500 characters).",
+    )
+
+    @field_validator("experiment")
+    @classmethod
+    def _mlflow_accepts(cls, value: str | None) -> str | None:
+        """MLflow's own rule (``mlflow.utils.validation._validate_experiment_name``), checked
+        here so that a name it refuses stops the sweep before anything starts."""
+        if value is None:
+            return value
+        # Imported only when a name is given: importing mlflow takes seconds.
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.validation import _validate_experiment_name
+
+        try:
+            _validate_experiment_name(value)
+        except MlflowException as error:
+            raise ValueError(f"MLflow refuses this experiment name: {error.message}") from None
+        return value
 
 
 class StorageSpec(_SpecModel):
@@ -183,7 +216,10 @@ class SweepSpec(_SpecModel):
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Sweep name: letters, digits, `_`, `.`, `-`. Results go to "
+        # A directory name (255 bytes on common filesystems) and the default MLflow experiment
+        # (at most 500 characters).
+        max_length=255,
+        description="Sweep name: letters, digits, `_`, `.`, `-` (at most 255). Results go to "
         "`<storage.path>/<name>/`; an existing directory needs `--resume`.",
     )
     description: str = Field("", description="Free text: what the sweep asks.")
@@ -601,8 +637,13 @@ def _validate_sampled_corners(
 def _expand(
     spec: SweepSpec, base: dict[str, Any], sampled: dict[str, ParamValues], source: str
 ) -> list[dict[str, Any]]:
-    """Every trial's param dict, validated; replicates outermost so a partial sweep already
-    covers every configuration once."""
+    """Every trial's param dict, validated, in run order.
+
+    Replicates outermost (a partial sweep already covers every configuration once), except
+    under ``scheduler: asha`` with ``replicates > 1``: then configuration-major (a
+    configuration's replicates next to each other), because ``ReplicateASHA`` judges a
+    configuration's seeds together at each rung and needs them to run at the same time.
+    """
     axes: list[tuple[str, list[Any]]] = []
     for key, values in spec.space.items():
         if key in sampled:
@@ -623,11 +664,10 @@ def _expand(
         for point in grid:
             drawn = {key: draw(values, rng) for key, values in sampled.items()}
             configurations.append(_in_spec_order({**point, **drawn}, spec))
-    trials = []
-    for replicate in range(spec.replicates):
-        for varying in configurations:
-            trials.append(_validate_config(base, varying, replicate, source, spec))
-    return trials
+    order = [(r, varying) for r in range(spec.replicates) for varying in configurations]
+    if spec.scheduler.name == "asha" and spec.replicates > 1:
+        order = [(r, varying) for varying in configurations for r in range(spec.replicates)]
+    return [_validate_config(base, varying, r, source, spec) for r, varying in order]
 
 
 def _in_spec_order(varying: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:

@@ -457,16 +457,21 @@ def _overhead(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _scheduler(plan: SweepPlan) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """FIFO, or ``ReplicateASHA``: ASHA whose unit of decision is a configuration, so that the
+    replicates of one configuration continue or stop together (``ablate.scheduling``)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ablate.scheduling import ReplicateASHA
 
     spec = plan.spec.scheduler
     if spec.name == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
+    return ReplicateASHA(
         time_attr="epoch",
         max_t=spec.max_t or plan.max_epochs(),
         grace_period=spec.grace_period,
         reduction_factor=spec.reduction_factor,
+        replicates=plan.spec.replicates,
     )
 
 

@@ -197,6 +197,35 @@ def test_planned_trials_hands_out_the_plan_then_finishes(tmp_path):
     assert restored.suggest("e") == "FINISHED"
 
 
+def test_asha_is_replicate_aware_and_runs_a_configurations_seeds_together():
+    """scheduler: asha builds ReplicateASHA with the plan's values, and with replicates the
+    trials are configuration-major so a configuration's seeds run (and are judged) together;
+    fifo keeps replicates outermost. The order is a function of the spec (plan.json stable)."""
+    from ablate.scheduling import ReplicateASHA, group_key
+    from ablate.sweep import _scheduler
+
+    text = (
+        "name: t\ntrain: {epochs: 9}\nreplicates: 3\n"
+        "space: {model.head: {grid: [none, linear]}}\n"
+        "scheduler: {name: asha, grace_period: 2, reduction_factor: 3}"
+    )
+    asha = sweep_of(text)
+    scheduler = _scheduler(asha)
+    assert isinstance(scheduler, ReplicateASHA)
+    assert scheduler.rungs == [2, 6]  # grace 2 x 3^k below max_t = train.epochs = 9
+    assert scheduler._replicates == 3 and scheduler._max_t == 9
+    assert [(t["varying"]["model.head"], t["replicate"]) for t in asha.trials] == [
+        ("none", 0), ("none", 1), ("none", 2), ("linear", 0), ("linear", 1), ("linear", 2)
+    ]  # fmt: skip
+    groups = [group_key(t, str(i)) for i, t in enumerate(asha.trials)]
+    assert len(set(groups[:3])) == 1 and len(set(groups)) == 2
+    assert sweep_of(text).plan_json() == asha.plan_json()
+    fifo = sweep_of(text, "scheduler.name=fifo")
+    assert [t["replicate"] for t in fifo.trials] == [0, 0, 1, 1, 2, 2]
+    assert type(_scheduler(fifo)).__name__ == "FIFOScheduler"
+    assert _scheduler(sweep_of(text, "scheduler.max_t=4"))._max_t == 4
+
+
 def test_optuna_learns_early_stopped_trials_as_pruned():
     sweep = sweep_of(
         "name: t\ntrain: {epochs: 4}\nscheduler: {name: asha}\n"
