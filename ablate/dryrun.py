@@ -66,6 +66,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
 
 
+def _recipe_line(name: str | None) -> str:
+    """``name (title; source)``, or that the schema's defaults are the base."""
+    if name is None:
+        return "none (base: the schema's defaults and this file's sections)"
+    from ablate.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    return f"{name} ({recipe.title}; published: {recipe.published})"
+
+
 def describe_plan(plan: SweepPlan) -> str:
     """The ``--dry-run`` text: the trial table, the resources and the estimated compute."""
     spec = plan.spec
@@ -75,6 +85,7 @@ def describe_plan(plan: SweepPlan) -> str:
         *([f"  {description}"] if description else []),
         f"  algorithm {spec.algorithm.name}, scheduler {spec.scheduler.name} "
         f"({spec.scheduler.metric}, {spec.scheduler.mode}), replicates {spec.replicates}",
+        f"  recipe: {_recipe_line(spec.recipe)}",
         f"  results: {plan.experiment_dir}",
         "",
     ]

@@ -34,6 +34,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ablate.config import AUGMENTATION_OPS, AUGMENTATION_PRESETS, TrialConfig, set_dotted
+from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
+from ablate.recipes import merge as merge_sections
 from ablate.vocabulary import DEFAULT_RANKING_METRIC, RANKING_METRICS, format_value
 
 #: The trial-config sections a spec may set at its top level (the base configuration).
@@ -223,6 +225,12 @@ class SweepSpec(_SpecModel):
         "`<storage.path>/<name>/`; an existing directory needs `--resume`.",
     )
     description: str = Field("", description="Free text: what the sweep asks.")
+    recipe: str | None = Field(
+        None,
+        description="A named base configuration (`ablate/recipes.py`): "
+        f"{', '.join(RECIPE_NAMES)}. The base config is the schema's defaults <- the recipe "
+        "<- this file's sections <- `--set`.",
+    )
     space: dict[str, ParamValues] = Field(
         default_factory=dict,
         description="Dotted trial-config key -> values (one of the value kinds below). Keys "
@@ -444,6 +452,12 @@ def build_sweep(
             raise SpecError(
                 source, section, f"expected a mapping (a config section), got {value!r}"
             )
+    if raw.get("recipe") is not None:
+        try:
+            recipe = get_recipe(str(raw["recipe"]))
+        except UnknownRecipe as error:
+            raise SpecError(source, "recipe", str(error)) from None
+        base_raw = merge_sections(recipe.overrides, base_raw)
     try:
         base = TrialConfig.model_validate(base_raw).model_dump(mode="json")
     except ValidationError as error:
