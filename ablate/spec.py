@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ablate.config import AUGMENTATION_OPS, AUGMENTATION_PRESETS, TrialConfig, set_dotted
 from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
 from ablate.recipes import merge as merge_sections
-from ablate.vocabulary import DEFAULT_RANKING_METRIC, RANKING_METRICS, format_value
+from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY, RANKING_METRICS, format_value
 
 #: The trial-config sections a spec may set at its top level (the base configuration).
 CONFIG_SECTIONS: tuple[str, ...] = tuple(TrialConfig.model_fields)
@@ -347,7 +347,7 @@ class SweepPlan:
         resolved = TrialConfig.model_validate(config).model_dump(mode="json")
         return {
             "config": resolved,
-            "varying": dict(varying),
+            "varying": typed_varying(varying, resolved),
             "replicate": replicate,
             "sweep": self.name,
         }
@@ -381,9 +381,31 @@ def parse_sweep(text: str, *, source: str = "<spec>", overrides: Sequence[str] =
     return build_sweep(raw, source=source, text=text, overrides=overrides)
 
 
+class SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build Python objects) that also reads YAML 1.2
+    floats: PyYAML follows YAML 1.1, where ``1e-1`` and ``1.0e3`` (no dot, or no exponent
+    sign) are strings; here they are the floats a person means."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load(text)`` with ``SpecLoader``: safe loading, YAML 1.2 floats."""
+    loader = SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -405,7 +427,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise SpecError("--set", text, "expected KEY=VALUE, e.g. --set train.epochs=5")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_load(value) if value.strip() else None
     except yaml.YAMLError as error:
         raise SpecError("--set", key, f"value {value!r} is not valid YAML: {error}") from None
     return key, parsed
@@ -725,10 +747,25 @@ def _validate_config(
         )
     return {
         "config": resolved,
-        "varying": dict(varying),
+        "varying": typed_varying(varying, resolved),
         "replicate": replicate,
         "sweep": spec.name,
     }
+
+
+def typed_varying(varying: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """``varying`` with each value as the schema validated it, read from the ``resolved``
+    trial config: ``"1e-1"`` (PyYAML's string) becomes ``0.1`` for a float key, ``3`` becomes
+    ``3.0``, a tuple a list. Trial names, MLflow params and the report then see one type per
+    key. A preset op list keeps its name (``simclr``), as the spec gave it."""
+    typed = {}
+    for key, value in varying.items():
+        node: Any = resolved
+        for part in key.split("."):
+            node = node[part]
+        keep = key in (OPS_KEY, "augment.base") and str(value) in AUGMENTATION_PRESETS
+        typed[key] = copy.deepcopy(value if keep else node)
+    return typed
 
 
 def _check_scheduler(sweep: SweepPlan, source: str) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 import pytest
 import requests
+import yaml
 from local_servers import REPO, child_env, cmdline, descendants, kill_pids, listeners_of
 from mlflow.cli import cli as mlflow_cli
 
-from ablate.spec import SpecError, parse_sweep
+from ablate.spec import SpecError, SpecLoader, parse_sweep
 
 CODE_DIRS = ("ablate", "entrypoints")
 
@@ -47,7 +48,9 @@ def test_yaml_is_read_with_safe_loading_only(tmp_path):
         text = path.read_text()
         if path.name != "test_safety.py":
             assert not re.search(r"\b(Full|Unsafe)Loader\b|yaml\.Loader\b", text), path
-    assert "yaml.safe_load(" in (REPO / "ablate" / "spec.py").read_text()
+    # Specs and --set values are read by spec.safe_load, with a yaml.SafeLoader subclass.
+    assert issubclass(SpecLoader, yaml.SafeLoader)
+    assert "SpecLoader(text)" in (REPO / "ablate" / "spec.py").read_text()
     # And in behaviour: a tag that would run a command under yaml.load is refused.
     marker = tmp_path / "pwned"
     with pytest.raises(SpecError, match="malformed YAML"):
