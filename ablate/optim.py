@@ -87,37 +87,101 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(
+        self, closure: Callable[[], float] | None = None, *, ok: torch.Tensor | None = None
+    ) -> float | None:
+        """One update of every parameter with a gradient, as multi-tensor (``torch._foreach_*``)
+        operations: a few kernels per parameter group instead of several per parameter.
+
+        ``ok``: a 0-dim bool tensor on the parameters' device; where it is False the step is
+        skipped on the device (parameters and velocities keep their values, whatever the
+        gradients hold, NaN included) without the host reading the flag.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            excluded = group["lars_exclude"]
-            weight_decay = 0.0 if excluded else group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                step_size: float | torch.Tensor = group["lr"]
-                if not excluded:
-                    w_norm = torch.linalg.vector_norm(param)
-                    denominator = torch.linalg.vector_norm(grad) + weight_decay * w_norm
-                    trust = torch.where(
-                        (w_norm > 0) & (denominator > 0),
-                        group["eta"] * w_norm / denominator,
-                        torch.ones_like(w_norm),
-                    )
-                    step_size = group["lr"] * trust
-                    if weight_decay:
-                        grad = grad.add(param, alpha=weight_decay)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            velocities = []
+            for param in params:
                 state = self.state[param]
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(param)
-                velocity = state["velocity"]
-                velocity.mul_(group["momentum"]).add_(grad * step_size)
-                param.sub_(velocity)
+                velocities.append(state["velocity"])
+            # Flat views in memory order: one layout for every list (conv weights may be
+            # channels-last), so the multi-tensor kernels take their fast path.
+            flat_params = [_flat(p) for p in params]
+            flat_grads = [_flat(_like(p.grad, p)) for p in params]
+            flat_velocities = [_flat(v) for v in velocities]
+            if ok is not None:
+                # A skipped step must not read NaN gradients: zero them all (one select over
+                # the concatenated gradients) so the update below is exactly zero.
+                flat_grads = list(
+                    torch.cat(flat_grads)
+                    .masked_fill_(~ok, 0.0)
+                    .split([g.numel() for g in flat_grads])
+                )
+            scaled = self._scaled_gradients(group, flat_params, flat_grads, ok)
+            momentum: float | torch.Tensor = group["momentum"]
+            if ok is not None:
+                momentum = torch.where(ok, group["momentum"], 1.0)
+            torch._foreach_mul_(flat_velocities, momentum)
+            torch._foreach_add_(flat_velocities, scaled)
+            if ok is None:
+                torch._foreach_sub_(flat_params, flat_velocities)
+            else:
+                torch._foreach_sub_(flat_params, torch._foreach_mul(flat_velocities, ok.float()))
         return loss
+
+    @staticmethod
+    def _scaled_gradients(
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        ok: torch.Tensor | None,
+    ) -> list[torch.Tensor]:
+        """``lr * trust * (g + wd * w)`` of every parameter of ``group`` (``lr * g`` in an
+        excluded group): the term added to the velocity; zero where ``ok`` is False (the
+        gradients are zero then, and the weight-decay term is zeroed with the step size)."""
+        if group["lars_exclude"]:
+            return torch._foreach_mul(grads, group["lr"])
+        weight_decay = group["weight_decay"]
+        w_norms = torch.stack(torch._foreach_norm(params))
+        denominators = torch.stack(torch._foreach_norm(grads)) + weight_decay * w_norms
+        trust = torch.where(
+            (w_norms > 0) & (denominators > 0),
+            group["eta"] * w_norms / denominators,
+            torch.ones_like(w_norms),
+        )
+        step_sizes = group["lr"] * trust
+        if ok is not None:
+            step_sizes = step_sizes * ok
+        step_sizes = step_sizes.unbind()
+        if weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        return torch._foreach_mul(grads, step_sizes)
+
+
+def _like(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in ``reference``'s memory layout (a copy only when the strides differ)."""
+    if tensor.stride() == reference.stride():
+        return tensor
+    return torch.empty_like(reference).copy_(tensor)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a contiguous or channels-last ``tensor`` in its memory order."""
+    if tensor.is_contiguous():
+        return tensor.view(-1)
+    if tensor.ndim == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).view(-1)
+    raise ValueError(
+        f"LARS needs contiguous or channels-last parameters and gradients; got shape "
+        f"{tuple(tensor.shape)} with strides {tensor.stride()}"
+    )
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:

@@ -164,3 +164,102 @@ def test_warmup_cosine_edge_cases():
     assert _lrs(warmup=10, total=3, steps=4) == pytest.approx([2 / 3, 4 / 3, 2.0, 0.0])
     with pytest.raises(ValueError, match="total_steps >= 1"):
         warmup_cosine(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 0, 0)
+
+
+# ----------------------------------------------------------------------------- multi-tensor LARS
+
+
+@torch.no_grad()
+def _reference_lars_step(groups: list[dict], velocities: dict) -> None:
+    """The per-parameter LARS loop this module had before its multi-tensor form (kept as the
+    reference the new step must equal)."""
+    for group in groups:
+        excluded = group["lars_exclude"]
+        weight_decay = 0.0 if excluded else group["weight_decay"]
+        for param in group["params"]:
+            grad = param.grad
+            step_size = group["lr"]
+            if not excluded:
+                w_norm = torch.linalg.vector_norm(param)
+                denominator = torch.linalg.vector_norm(grad) + weight_decay * w_norm
+                trust = torch.where(
+                    (w_norm > 0) & (denominator > 0),
+                    group["eta"] * w_norm / denominator,
+                    torch.ones_like(w_norm),
+                )
+                step_size = group["lr"] * trust
+                if weight_decay:
+                    grad = grad.add(param, alpha=weight_decay)
+            velocity = velocities.setdefault(param, torch.zeros_like(param))
+            velocity.mul_(group["momentum"]).add_(grad * step_size)
+            param.sub_(velocity)
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1, bias=False), nn.Flatten()
+    )
+    return net.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
+def test_multi_tensor_lars_equals_the_per_parameter_loop(weight_decay):
+    """Five steps with a changing lr, channels-last conv weights and a zero-weight layer:
+    parameters and velocities equal the per-parameter reference to float rounding (the same
+    operations in the same order; measured bit-identical on CPU)."""
+    new, ref = _conv_net(), _conv_net()
+    nn.init.zeros_(new[2].weight)
+    nn.init.zeros_(ref[2].weight)
+    lars = LARS(param_groups(new, weight_decay), lr=0.5, momentum=0.9, eta=1e-3)
+    ref_groups = param_groups(ref, weight_decay)
+    for group in ref_groups:
+        group.update(lr=0.5, momentum=0.9, eta=1e-3)
+    velocities: dict = {}
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    for step in range(5):
+        for group, ref_group in zip(lars.param_groups, ref_groups, strict=True):
+            group["lr"] = ref_group["lr"] = 0.5 / (step + 1)
+        for model in (new, ref):
+            model.zero_grad()
+            (model(x) - 1).square().sum().backward()
+        lars.step()
+        _reference_lars_step(ref_groups, velocities)
+    for p, q in zip(new.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(lars.state[p]["velocity"], velocities[q], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(new[2].weight, torch.zeros_like(new[2].weight))
+
+
+def test_lars_skips_a_step_on_the_device_when_not_ok():
+    """ok=False (a 0-dim device flag): NaN gradients leave parameters and velocities as they
+    were; ok=True is the plain step."""
+    model, plain = _conv_net(), _conv_net()
+    masked_opt = LARS(param_groups(model, 1e-4), lr=0.5)
+    plain_opt = LARS(param_groups(plain, 1e-4), lr=0.5)
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    for m in (model, plain):
+        m(x).square().sum().backward()
+    masked_opt.step(ok=torch.tensor(True))
+    plain_opt.step()
+    for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q)
+    before = [p.detach().clone() for p in model.parameters()]
+    velocity = [masked_opt.state[p]["velocity"].clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    masked_opt.step(ok=torch.tensor(False))
+    for p, p0, v0 in zip(model.parameters(), before, velocity, strict=True):
+        assert torch.equal(p, p0)
+        assert torch.equal(masked_opt.state[p]["velocity"], v0)
+
+
+def test_lars_accepts_gradients_in_another_layout_than_their_parameter():
+    model = _conv_net()
+    lars = LARS(param_groups(model, 0.0), lr=0.1)
+    weight = model[0].weight
+    weight.grad = torch.ones(weight.shape)  # contiguous, the weight is channels-last
+    w0 = weight.detach().clone()
+    lars.step()
+    trust = 1e-3 * w0.norm() / torch.ones(weight.shape).norm()
+    torch.testing.assert_close(weight.detach(), w0 - 0.1 * trust)
