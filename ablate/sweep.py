@@ -612,6 +612,7 @@ def run_sweep(
             execution=plan.name,
             spec_text=plan.text,
             storage_path=plan.storage_path,
+            metric=plan.metric,
         )
         callbacks = [tracking.MlflowCallback(tracker), *callbacks]
     with tracker if tracker is not None else contextlib.nullcontext():

@@ -67,6 +67,15 @@ TAG_STATUS_DETAIL = "ablate.status_detail"
 TAG_REASON = "ablate.reason"
 TAG_ERROR = "ablate.error"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+#: Experiment tag naming what the experiment is for; MLflow 3's UI opens a
+#: ``custom_model_development`` experiment on its runs (model training), not on GenAI traces.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: The saved view of the runs table the tracker keeps on each sweep experiment (experiment tag
+#: ``mlflow.sharedViewState.<key>``, opened by ``?viewStateShareKey=<key>``, listed in the runs
+#: page's "Views" menu): trial runs only (flat), best ranking metric first, its column shown.
+VIEW_KEY = "ablate-trials"
+_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 
 #: Short names for the dotted keys a run name shows (other keys show their last part).
 RUN_NAME_ALIASES: dict[str, str] = {
@@ -339,6 +348,55 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     return search_runs(client, experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
 
 
+# ----------------------------------------------------------------------------- UI view
+
+
+def runs_view(metric: str, params: list[str] | None = None) -> str:
+    """The value of the experiment tag ``mlflow.sharedViewState.<VIEW_KEY>``: a saved view of
+    MLflow 3's runs table (``{name, createdAt, updatedAt, state}``, state a JSON text of the
+    table's search and column state) listing trial runs only (no nesting under the sweep's run),
+    best ``metric`` first, with ``metric``, the test probe, the outcome and ``params`` shown."""
+    columns = [
+        f"metrics.`{metric}`",
+        "metrics.`test/probe_top1`",
+        f"tags.`{TAG_STATUS}`",
+        *(f"params.`{key}`" for key in params or ()),
+    ]
+    state = {
+        "searchFilter": f"tags.`{TAG_ROLE}` = 'trial'",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": vocabulary.direction(metric) == "min",
+        "selectedColumns": list(dict.fromkeys(columns)),
+    }
+    # A fixed time: the tag is rewritten as varying keys appear, the view stays the same one.
+    return json.dumps(
+        {"name": f"trials by {metric}", "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)}
+    )
+
+
+def browse_url(ui_uri: str, experiment_id: str) -> str:
+    """The MLflow UI page of a sweep's trials: the runs table in model-training mode with the
+    trials' view (``runs_view``). ``ui_uri``: where the UI is served (``mlflow ui`` serves
+    ``http://127.0.0.1:5000``; a tracking server serves it at its own URI)."""
+    return (
+        f"{ui_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+    )
+
+
+def sweep_page(tracking_uri: str, experiment: str) -> str | None:
+    """``browse_url`` of ``experiment`` in the store at ``tracking_uri``, or None when it has no
+    such experiment or does not answer. A SQLite store's page is the one ``mlflow ui
+    --backend-store-uri <tracking_uri>`` serves on its default port (127.0.0.1:5000)."""
+    scheme = urlparse(tracking_uri).scheme.lower()
+    ui = tracking_uri if scheme in ("http", "https") else "http://127.0.0.1:5000"
+    try:
+        found = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment)
+    except Exception:  # a store that went away: the hint is not worth an error
+        return None
+    return browse_url(ui, found.experiment_id) if found is not None else None
+
+
 # ----------------------------------------------------------------------------- writer
 
 
@@ -379,8 +437,10 @@ class SweepTracker:
         storage_path: str | os.PathLike[str] | None = None,
         artifact_location: str | None = None,
         tags: dict[str, str] | None = None,
+        metric: str = vocabulary.DEFAULT_RANKING_METRIC,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.metric = metric
         self.experiment = experiment
         self.execution = execution or time.strftime("%Y-%m-%d_%H-%M-%S")
         self.spec_text = spec_text
@@ -392,11 +452,14 @@ class SweepTracker:
         self.closed = False
         self._client: MlflowClient | None = None
         self._trials: dict[str, _TrialRun] = {}
+        self._view_params: list[str] = []
 
     # pickling: drop the client and the per-process caches; start() restores them from MLflow
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _trials={}, experiment_id=None, parent_run_id=None)
+        state.update(
+            _client=None, _trials={}, experiment_id=None, parent_run_id=None, _view_params=[]
+        )
         state["closed"] = False
         return state
 
@@ -538,6 +601,9 @@ class SweepTracker:
             )
             state = self._trials[trial_id] = _TrialRun(run.info.run_id)
             self._log(state.run_id, params=config_params(config))
+            new_keys = [k for k in varying if k not in self._view_params]
+            if new_keys:  # the varying keys become columns of the trials' view
+                self._set_view(self.experiment_id, [*self._view_params, *new_keys])  # type: ignore[arg-type]
             return state.run_id
         # Resumed or retried: continue the same run.
         if state.finished or self.client.get_run(state.run_id).info.status != "RUNNING":
@@ -624,14 +690,27 @@ class SweepTracker:
     # -- internals
 
     def _experiment_id(self) -> str:
+        """Find or create the experiment; mark it as model training, with the trials' view."""
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
-            return self.client.create_experiment(
+            experiment_id = self.client.create_experiment(
                 self.experiment, artifact_location=self.artifact_location
             )
-        if experiment.lifecycle_stage == "deleted":
-            self.client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(experiment_id)
+        self.client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+        self._set_view(experiment_id)
+        return experiment_id
+
+    def _set_view(self, experiment_id: str, params: list[str] | None = None) -> None:
+        """Write the trials' view (``VIEW_KEY``) with ``params`` (the varying keys) as columns."""
+        if params is not None:
+            self._view_params = params
+        self.client.set_experiment_tag(
+            experiment_id, _VIEW_TAG_PREFIX + VIEW_KEY, runs_view(self.metric, self._view_params)
+        )
 
     def _children(self) -> list[Run]:
         return child_runs(self.client, self.experiment_id, self.parent_run_id)  # type: ignore[arg-type]
@@ -843,14 +922,59 @@ def load_results(
     rows: list[Row] = []
     keys: list[str] = []
     histories: dict[str, list[tuple[int, float]]] = {}
+    class_counts: list[int] = []
     for run in child_runs(client, found.experiment_id, parent.info.run_id):
         row, varying = run_row(run)
         rows.append(row)
         keys.extend(k for k in varying if k not in keys)
         history = client.get_metric_history(run.info.run_id, metric)
         by_step = {int(m.step): float(m.value) for m in history}
-        histories[run.info.run_id] = sorted(by_step.items())
-    return SweepResults(experiment, parent.info.run_id, rows, keys, histories)
+        points = sorted(by_step.items())
+        if metric in vocabulary.MONITOR_METRICS:
+            points = measured_points(points, run.data.params, row["status"])
+        histories[run.info.run_id] = points
+        classes = dataset_classes(run.data.params)
+        if classes is not None:
+            class_counts.append(classes)
+    return SweepResults(
+        experiment,
+        parent.info.run_id,
+        rows,
+        keys,
+        histories,
+        num_classes=max(class_counts) if class_counts else None,
+    )
+
+
+def measured_points(
+    points: list[tuple[int, float]], params: dict[str, str], status: str
+) -> list[tuple[int, float]]:
+    """The ``(epoch, value)`` points of a monitor (``vocabulary.MONITOR_METRICS``) at which the
+    trial measured it (``vocabulary.monitor_measured`` with the run's ``train.epochs``,
+    ``eval.eval_every``, ``eval.probe.epochs`` params), not the values carried in between; a
+    diverged trial's last epoch carries too. Params missing: every point."""
+    try:
+        epochs = int(params["train.epochs"])
+        every = int(params["eval.eval_every"])
+        probes = [int(e) for e in json.loads(params.get("eval.probe.epochs", "[]"))]
+    except (KeyError, ValueError, TypeError):
+        return points
+    kept = [(e, v) for e, v in points if vocabulary.monitor_measured(e, epochs, every, probes)]
+    if status == "diverged" and points and kept and kept[-1][0] == points[-1][0]:
+        kept = kept[:-1]
+    return kept
+
+
+def dataset_classes(params: dict[str, str]) -> int | None:
+    """The number of classes of a trial's dataset, from its params, when known without reading
+    it: synthetic ``data.num_classes``, the torchvision datasets' published counts; else None."""
+    name = params.get("data.name")
+    if name == "synthetic":
+        return _int_or_none(params.get("data.num_classes"))
+    from ablate.data import KNOWN_TRAIN_CLASSES
+
+    known = KNOWN_TRAIN_CLASSES.get(name or "")
+    return known[0] if known else None
 
 
 def publish_report(
@@ -885,6 +1009,7 @@ __all__ = [
     "MlflowCallback",
     "SweepTracker",
     "TrackingError",
+    "browse_url",
     "check_reachable",
     "child_runs",
     "compute_metrics",
@@ -898,5 +1023,7 @@ __all__ = [
     "resolve_tracking_uri",
     "run_name",
     "run_row",
+    "runs_view",
     "search_runs",
+    "sweep_page",
 ]

@@ -97,6 +97,17 @@ EPOCH_METRICS: tuple[str, ...] = (
 )
 #: Monitors evaluated every ``eval.eval_every`` epochs on the validation split.
 MONITOR_METRICS: tuple[str, ...] = ("val/knn_top1", "val/online_top1")
+
+
+def monitor_measured(
+    epoch: int, epochs: int, eval_every: int, probe_epochs: Iterable[int] = ()
+) -> bool:
+    """Whether ``train`` measured the ``MONITOR_METRICS`` at ``epoch`` (of ``train.epochs``):
+    every ``eval.eval_every`` epochs, the last epoch and each of ``eval.probe.epochs``. At other
+    epochs a result carries the last measured value (ASHA reads it at any rung)."""
+    return epoch % eval_every == 0 or epoch == epochs or epoch in set(probe_epochs)
+
+
 #: Metrics that may rank trials and drive ASHA / Optuna. Never a test-split metric (that would
 #: select on the test set) and never the contrastive loss (not comparable across temperatures,
 #: heads or batch sizes).

@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"report: {done.report_path}")
     if done.tracking_uri is not None:
         print(f"browse: mlflow ui --backend-store-uri {done.tracking_uri}")
+        from ablate.tracking import sweep_page
+
+        page = sweep_page(done.tracking_uri, plan.spec.tracking.experiment or plan.name)
+        if page is not None:
+            print(f"  the trials, best first: {page}")
     if done.failed:
         print(f"{done.failed} trial(s) failed; see the summary above", file=sys.stderr)
         return 1
