@@ -46,6 +46,17 @@ AUGMENTATION_PRESETS: dict[str, tuple[str, ...]] = {
 OpName = Literal["crop", "flip", "color", "grayscale", "cutout", "sobel", "noise", "blur", "rotate"]
 
 
+class ConfigurationError(ValueError):
+    """A trial config the schema accepts but that cannot run as configured, e.g. a batch larger
+    than its pretraining set (``ablate.data.check_batch``). Deterministic: a retry would fail
+    the same way, so it is reported, never retried. The message starts with the dotted key
+    (``train.batch_size: ...``), which ``key`` returns."""
+
+    @property
+    def key(self) -> str:
+        return str(self).partition(": ")[0]
+
+
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 

@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, ImageOps
 
-from ablate.config import DataConfig
+from ablate.config import ConfigurationError, DataConfig
 
 #: Extensions an image folder may hold (torchvision's ``IMG_EXTENSIONS``).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -1209,7 +1209,8 @@ def check_sources(cfg: DataConfig) -> None:
     """Check that the source ``cfg`` names can be read, decoding nothing.
 
     Parquet: files (a file, directory or glob), schemas, columns and class names;
-    image folder: the ``ROOT/{train,test}/<class>`` layout and its image files; synthetic:
+    image folder: the ``ROOT/{train,test}/<class>`` layout and its image files, none of them
+    empty (0 bytes: "empty image"; they are decoded in the trial workers); synthetic:
     nothing to check. Torchvision datasets (which may download) and URIs are left to
     ``load_dataset``. Raises ``DataError`` with the same message ``load_dataset`` would give.
     """
@@ -1218,7 +1219,16 @@ def check_sources(cfg: DataConfig) -> None:
     paths = [cfg.root, cfg.train_path, cfg.test_path]
     if any(p and "://" in p for p in paths):
         return
-    _resolve_source(cfg)
+    source = _resolve_source(cfg)
+    if cfg.name == "image_folder":
+        # Image folders are decoded in the trial workers, not the driver: an empty file found
+        # only there would fail a trial instead of stopping the sweep before it starts.
+        for path in source.files:
+            if path.stat().st_size == 0:
+                raise DataError(
+                    f"data.root: {path}: empty image (0 bytes): expected encoded image bytes; "
+                    "remove the file or replace it"
+                )
 
 
 def train_class_counts(cfg: DataConfig) -> list[int] | None:
@@ -1226,7 +1236,8 @@ def train_class_counts(cfg: DataConfig) -> list[int] | None:
 
     Synthetic: the exact labels; torchvision datasets: their published counts (with
     ``limit_train``: the first N rows, taken as balanced); local Parquet: the label column
-    (the ``train`` rows of ``split_column``). Image folders and URIs: None.
+    (the ``train`` rows of ``split_column``); local image folders: their files, counted. URIs:
+    None.
     """
     limit = cfg.limit_train
     if cfg.name == "synthetic":
@@ -1240,6 +1251,15 @@ def train_class_counts(cfg: DataConfig) -> list[int] | None:
         return [limit // classes + (i < limit % classes) for i in range(classes)]
     if cfg.name == "parquet" and cfg.train_path and "://" not in cfg.train_path:
         return _parquet_class_counts(cfg)
+    if cfg.name == "image_folder" and cfg.root and "://" not in cfg.root:
+        train_dir = Path(cfg.root).expanduser().resolve() / "train"
+        if not train_dir.is_dir():
+            return None
+        names = sorted(
+            p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        rows = list(_round_robin([_image_files(train_dir / name) for name in names]))[:limit]
+        return np.bincount([c for _, c in rows], minlength=len(names)).tolist() if rows else None
     return None
 
 
@@ -1270,10 +1290,14 @@ def split_sizes(cfg: DataConfig) -> tuple[int, int] | None:
     """(pretraining, validation) images of the training set, exactly as ``train_val_split``
     divides it (per class), when the class counts are known without decoding; else None."""
     counts = train_class_counts(cfg)
-    if counts is None:
-        return None
-    val = sum(_val_count(n, cfg.val_fraction) for n in counts)
-    return sum(counts) - val, val
+    return None if counts is None else sizes_from_counts(counts, cfg.val_fraction)
+
+
+def sizes_from_counts(counts: Sequence[int], val_fraction: float) -> tuple[int, int]:
+    """(pretraining, validation) images of a training set with ``counts`` images per class,
+    as ``train_val_split`` divides it."""
+    val = sum(_val_count(int(n), val_fraction) for n in counts)
+    return int(sum(counts)) - val, val
 
 
 def steps_per_epoch(
@@ -1284,6 +1308,24 @@ def steps_per_epoch(
     dropping the last partial batch; at most ``cap`` (``train.steps_per_epoch``)."""
     steps = (pretrain_size // world_size) // max(batch_size // world_size, 1)
     return min(steps, cap) if cap else steps
+
+
+def check_batch(sizes: tuple[int, int], batch_size: int, world_size: int) -> None:
+    """Raise ``ConfigurationError`` (key ``train.batch_size``) when one epoch of the trial
+    would have no step: ``steps_per_epoch`` is 0 because the global batch exceeds what the
+    ``world_size`` shards of the pretraining set hold. ``sizes``: ``split_sizes``'s
+    (pretraining, validation) images."""
+    pretrain, val = sizes
+    if steps_per_epoch(pretrain, batch_size, world_size) >= 1:
+        return
+    largest = world_size * (pretrain // world_size)
+    shards = f" in {world_size} shards of {pretrain // world_size}" if world_size > 1 else ""
+    raise ConfigurationError(
+        f"train.batch_size: {batch_size} is larger than the pretraining set: {pretrain} images"
+        f"{shards} ({pretrain + val} training images less {val} held out for validation by "
+        f"data.val_fraction), so an epoch would have no step; use train.batch_size <= "
+        f"{largest} or more training images"
+    )
 
 
 # ----------------------------------------------------------------------------- export

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablate import data
+from ablate import data, preflight
 from ablate.config import DataConfig
 from ablate.spec import SweepPlan, trial_resources
 from ablate.vocabulary import format_value
@@ -77,7 +77,11 @@ def _recipe_line(name: str | None) -> str:
 
 
 def describe_plan(plan: SweepPlan) -> str:
-    """The ``--dry-run`` text: the trial table, the resources and the estimated compute."""
+    """The ``--dry-run`` text: the trial table, the resources and the estimated compute.
+
+    Raises ``SpecError`` for a batch larger than its pretraining set
+    (``preflight.check_batch_sizes``): a trial table with 0 steps per epoch is no plan."""
+    preflight.check_batch_sizes(plan)
     spec = plan.spec
     description = " ".join(spec.description.split())
     lines = [

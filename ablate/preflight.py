@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate import data
-from ablate.config import DataConfig
+from ablate.config import ConfigurationError, DataConfig
 from ablate.spec import SpecError, SweepPlan, trial_resources
 
 
@@ -37,6 +37,7 @@ def check(plan: SweepPlan, resume: bool = False) -> Preflight:
     """Run every pre-Ray check of ``plan`` once (see the module docstring); raises ``SpecError``."""
     check_storage_path(plan)
     check_data_sources(plan)
+    check_batch_sizes(plan)
     restore = check_experiment_dir(plan, resume)
     return Preflight(restore=restore, tracking_uri=check_tracking(plan))
 
@@ -144,6 +145,34 @@ def check_data_sources(plan: SweepPlan) -> None:
         except data.DataError as error:
             message = str(error).removeprefix(f"{error.key}: ")
             raise SpecError(plan.source, error.key, message) from None
+
+
+def check_batch_sizes(plan: SweepPlan) -> None:
+    """Every planned trial's ``train.batch_size`` fits its pretraining set (``data.check_batch``)
+    wherever the set's size is known without decoding (``data.split_sizes``: synthetic,
+    torchvision, local Parquet, local image folders); the others are checked when the sweep
+    driver loads the data (``ablate.sweep``), still before any trial. Under optuna, a swept
+    batch size is checked at its largest value."""
+    sizes_of: dict[str, tuple[int, int] | None] = {}
+    configs = plan.configs()
+    sampled = plan.sampled.get("train.batch_size")
+    if sampled is not None:
+        largest = max(int(v) for v in (sampled.choice or sampled.randint or []))
+        configs = [{**c, "train": {**c["train"], "batch_size": largest}} for c in configs]
+    for config in configs:
+        key = json.dumps(config["data"], sort_keys=True)
+        if key not in sizes_of:
+            sizes_of[key] = data.split_sizes(DataConfig.model_validate(config["data"]))
+        sizes = sizes_of[key]
+        if sizes is None:
+            continue
+        batch, workers = int(config["train"]["batch_size"]), int(config["resources"]["num_workers"])
+        try:
+            data.check_batch(sizes, batch, workers)
+        except ConfigurationError as error:
+            where = "space.train.batch_size" if "train.batch_size" in plan.spec.space else error.key
+            message = str(error).removeprefix(f"{error.key}: ")
+            raise SpecError(plan.source, where, message) from None
 
 
 # ----------------------------------------------------------------------------- tracking

@@ -40,6 +40,7 @@ import pickle
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from ray.tune.search import Searcher
 
 from ablate import data as data_lib
 from ablate import preflight, stats, vocabulary
-from ablate.config import DataConfig
+from ablate.config import ConfigurationError, DataConfig
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
 from ablate.vocabulary import format_value
 
@@ -296,8 +297,28 @@ def _share_datasets(plan: SweepPlan) -> dict[str, Any]:
             dataset = data_lib.load_dataset(DataConfig.model_validate(data))
         except data_lib.DataError as error:
             raise SpecError(plan.source, "data", str(error)) from None
+        _check_batches(plan, data, dataset)
         refs[key] = [ray.put(dataset)]
     return refs
+
+
+def _check_batches(plan: SweepPlan, data: dict[str, Any], dataset: data_lib.Dataset) -> None:
+    """Every trial on ``data`` has a batch its pretraining set holds (``data.check_batch``, on
+    the loaded set's class counts: for sources whose size preflight could not know)."""
+    counts = Counter(int(label) for label in dataset.train.labels).values()
+    sizes = data_lib.sizes_from_counts(list(counts), float(data["val_fraction"]))
+    for config in plan.configs():
+        if config["data"] != data:
+            continue
+        try:
+            data_lib.check_batch(
+                sizes,
+                int(config["train"]["batch_size"]),
+                int(config["resources"]["num_workers"]),
+            )
+        except ConfigurationError as error:
+            where = "space.train.batch_size" if "train.batch_size" in plan.spec.space else error.key
+            raise SpecError(plan.source, where, str(error).removeprefix(f"{error.key}: ")) from None
 
 
 # ----------------------------------------------------------------------------- summary
@@ -324,7 +345,11 @@ def trial_records(plan: SweepPlan, results: Any) -> list[dict[str, Any]]:
                 "epoch": metrics.get("epoch"),
                 "epochs": epochs,
                 "overhead_seconds": metrics.get("overhead_seconds"),
-                "error": vocabulary.error_line(result.error, 300) if errored else None,
+                "error": vocabulary.error_line(result.error, 300)
+                if errored
+                else (metrics.get("reason") or None)
+                if metrics.get("status") == "failed"
+                else None,
                 "metrics": {
                     k: metrics[k]
                     for k in (plan.metric, *vocabulary.FINAL_METRICS, "train/loss", "wall_seconds")

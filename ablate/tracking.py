@@ -102,6 +102,7 @@ _TUNE_RESULT_KEYS = frozenset(
 )
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 _MAX_ERROR_TAG = 1000
+_MAX_RUN_NAME = 250  # the runs.name column of MLflow's SQL stores: String(250)
 _BATCH_PARAMS = 100  # MLflow's limit of params/tags per log_batch
 _BATCH_METRICS = 1000
 
@@ -210,7 +211,12 @@ def run_name(varying: dict[str, Any], replicate: int) -> str:
         else:
             parts.append(f"{RUN_NAME_ALIASES.get(key, key.rsplit('.', 1)[-1])}={text}")
     parts.append(f"{'rep' if 'train.seed' in varying else 'seed'}={replicate}")
-    return " | ".join(parts)
+    return _short(" | ".join(parts), _MAX_RUN_NAME)
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ``...`` marking a cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def param_value(value: Any) -> str:
@@ -485,12 +491,14 @@ class SweepTracker:
             return self.parent_run_id  # type: ignore[return-value]
         check_reachable(self.tracking_uri)
         self.experiment_id = self._experiment_id()
-        existing = search_runs(
-            self.client,
-            self.experiment_id,
-            f"tags.`{TAG_SWEEP}` = '{self.experiment}' and tags.`{TAG_EXECUTION}` = "
-            f"'{self.execution}' and tags.`{TAG_ROLE}` = 'sweep'",
-        )
+        # Matched here, not in the filter: MLflow's filter syntax has no escape for a name
+        # holding both quote characters (and none for a backslash before the closing quote).
+        existing = [
+            run
+            for run in search_runs(self.client, self.experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'")
+            if run.data.tags.get(TAG_SWEEP) == self.experiment
+            and run.data.tags.get(TAG_EXECUTION) == self.execution
+        ]
         tags = self._parent_tags()
         if existing:
             self.parent_run_id = existing[0].info.run_id
@@ -500,7 +508,9 @@ class SweepTracker:
             logger.info("MLflow: continuing parent run %s", self.parent_run_id)
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"{self.experiment} @ {self.execution}", tags=tags
+                self.experiment_id,
+                run_name=_short(f"{self.experiment} @ {self.execution}", _MAX_RUN_NAME),
+                tags=tags,
             )
             self.parent_run_id = run.info.run_id
         if self.spec_text is not None:

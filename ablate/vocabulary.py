@@ -44,7 +44,9 @@ def trial_outcome(
 ) -> Outcome:
     """How a trial ended, from its last reported result.
 
-    diverged: the last result says so (even if the trial then raised); failed: it raised;
+    diverged: the last result says so (even if the trial then raised); failed: it raised, or
+    its last result says ``status: failed`` (a configuration that cannot run, reported by the
+    trial instead of raised so that it is not retried; ``reason`` says why);
     interrupted: it never reported an epoch; completed: it reported ``status: completed`` or
     reached ``planned_epochs``; otherwise the scheduler stopped it early.
     """
@@ -53,6 +55,8 @@ def trial_outcome(
     if last_result.get("status") == "diverged":
         reason = last_result.get("reason") or "non-finite loss"
         return Outcome("diverged", f"diverged at epoch {epoch}: {reason}")
+    if last_result.get("status") == "failed":
+        return Outcome("failed", str(last_result.get("reason") or "failed"))
     if errored:
         return Outcome("failed", f"failed after epoch {epoch or 0} of {planned_epochs}")
     if epoch is None:
