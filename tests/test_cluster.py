@@ -8,8 +8,10 @@ One job (2 trials x 1 epoch of tiny images) feeds every test of the module.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ from local_servers import (
     render_page,
 )
 from mlflow import MlflowClient
+
+from ablate.tracking import sweep_page
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +186,13 @@ def test_ray_head_and_mlflow_server_listen_on_loopback_only(job, cluster):
     assert all(entry.loopback for entry in mlflow_sockets), mlflow_sockets
 
 
-def test_mlflow_ui_lists_the_runs_of_the_sweep(job, cluster):
+def _page_text(dom: str) -> str:
+    """The words a person sees on a rendered page: no styles, scripts or tags."""
+    text = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
+
+
+def test_mlflow_ui_opens_on_the_trials_ranked_by_the_sweeps_metric(job, cluster):
     if chromium() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is missing in CI (.ci/run installs it)")
@@ -191,15 +201,25 @@ def test_mlflow_ui_lists_the_runs_of_the_sweep(job, cluster):
     assert job["done"].returncode == 0, job["output"][-4000:]
     client = MlflowClient(server.uri)
     experiment = client.get_experiment_by_name(SWEEP)
-    names = [r.info.run_name for r in client.search_runs([experiment.experiment_id])]
-    assert len(names) == 3
-    # Sorted by name the table lists child runs flat (by date it nests them under the parent).
-    url = (
-        f"{server.uri}/#/experiments/{experiment.experiment_id}/runs"
-        "?orderByKey=attributes.run_name&orderByAsc=true"
-    )
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags["ablate.role"] == "trial"]
+    (parent,) = [r for r in runs if r.data.tags["ablate.role"] == "sweep"]
+    assert len(trials) == 2
+    # The page the sweep names at its end (README: "browse the runs").
+    url = sweep_page(server.uri, SWEEP)
+    assert url is not None and f"the trials, best first: {url}" in job["output"]
     screenshot = ARTIFACTS / "mlflow_ui.png"
-    dom = render_page(url, screenshot)
-    for name in names:
-        assert name in dom, f"run {name!r} is not on the experiment page"
+    text = _page_text(render_page(url, screenshot))
     assert screenshot.stat().st_size > 10_000
+    assert "Runs" in text and "Sessions" not in text, text[:2000]  # model training, not GenAI
+    ranked = sorted(trials, key=lambda r: -r.data.metrics["val/knn_top1"])
+    places = [text.find(r.info.run_name) for r in ranked]
+    assert all(p >= 0 for p in places), (places, text[:3000])  # every trial, flat
+    assert places == sorted(places), "trials are not listed best first"
+    assert parent.info.run_name not in text  # the sweep's run does not fold them away
+    assert "val/knn_top1" in text and "ablate.status" in text and "model.head" in text
+    shown = re.findall(r"\b[01]\.\d+\b", text)  # the metric's values are on the page
+    for run in trials:
+        value = run.data.metrics["val/knn_top1"]
+        assert any(abs(float(v) - value) < 0.006 for v in shown), (value, shown)
