@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise, product
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,31 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ablate.config import AUGMENTATION_OPS, FIGURE5_OPS
-from ablate.stats import GroupStats, describe, rank
+from ablate.stats import (
+    CONFIDENCE,
+    BestFamily,
+    Comparison,
+    GroupStats,
+    KeyImportance,
+    Synergy,
+    Verdict,
+    compare,
+    describe,
+    holm_family,
+    key_importance,
+    rank,
+    samples_by_config,
+    synergy,
+    verdict,
+    versus_best,
+)
 from ablate.vocabulary import (
     COMPARABLE_STATUSES,
     COMPUTE_METRICS,
     DEFAULT_RANKING_METRIC,
     FINAL_METRICS,
     OPS_KEY,
+    format_value,
     shown_metrics,
 )
 
@@ -195,18 +213,31 @@ def augmentation_matrix(
 
 # ----------------------------------------------------------------------------- findings
 
+NOT_COVERED = "not covered by this sweep"
+#: Ops that ride with another under the paper's names: its "crop" is a random crop and resize
+#: *with a random horizontal flip* (Chen et al., 2020, Appendix A), so [crop, flip] is its crop.
+RIDES_WITH: dict[str, str] = {"flip": "crop"}
+
 
 @dataclass
 class Finding:
-    """One qualitative claim of the paper checked on this sweep."""
+    """One qualitative claim of the paper checked on this sweep.
+
+    ``verdict``: ``stats.Verdict``'s phrase -- ``holds``, ``contradicted``, ``undecided (add k
+    seeds)``, ``untestable (one replicate)`` -- or ``NOT_COVERED``; ``label`` its first word
+    (``"not covered"`` for ``NOT_COVERED``). ``evidence``: the means of what was compared and
+    what rode along. ``comparisons``: ``{"A − B": stats.Comparison}``, one Holm family, the
+    verdict's basis (differences in the metric's units, 95% CIs, paired by seed). ``trials``:
+    run names of the trials used.
+    """
 
     claim: str
     source: str
-    verdict: str  # "yes" | "no" | "not covered by this sweep"
+    verdict: str
     evidence: str
-
-
-NOT_COVERED = "not covered by this sweep"
+    label: str = "not covered"
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+    trials: list[str] = field(default_factory=list)
 
 
 def replicate_std(
@@ -220,15 +251,6 @@ def replicate_std(
     return math.sqrt(float(np.mean(variances))) if variances else None
 
 
-def _noise_note(gaps: Iterable[float], noise: float | None) -> str:
-    if noise is None:
-        return "; no replicates, so no noise estimate"
-    note = f"; replicate std {noise:.4f}"
-    if any(abs(gap) <= noise for gap in gaps):
-        note += " (a gap is within one replicate std: the spread does not separate them)"
-    return note
-
-
 def _held_in_settings(
     rows: Sequence[Row],
     varying_keys: Sequence[str],
@@ -236,7 +258,8 @@ def _held_in_settings(
     metric: str,
     holds: Callable[[list[tuple[Any, GroupStats]]], bool | None],
 ) -> str:
-    """'holds in k of m settings of <other keys>': the claim at matched values of the others."""
+    """'means agree in k of m settings of <other keys>': the claim on the means at matched
+    values of the others (descriptive; the verdict pools them per seed)."""
     others = [k for k in varying_keys if k != key]
     if not others:
         return ""
@@ -244,93 +267,257 @@ def _held_in_settings(
     checked = held = 0
     for setting in sorted({k[:-1] for k in per_setting}, key=str):
         series = [(k[-1], s) for k, s in per_setting.items() if k[:-1] == setting]
-        verdict = holds(series)
-        if verdict is not None:
+        verdict_ = holds(series)
+        if verdict_ is not None:
             checked += 1
-            held += verdict
-    return f"; holds in {held} of {checked} settings of {', '.join(others)}"
+            held += verdict_
+    return f"; the means agree in {held} of {checked} settings of {', '.join(others)}"
 
 
 def _not_covered(claim: str, source: str, why: str) -> Finding:
     return Finding(claim, source, NOT_COVERED, why)
 
 
-def _scores_by_op_set(rows: Sequence[Row], metric: str) -> dict[frozenset[str], list[float]]:
-    """Finite ``metric`` values of comparable trials with one op or two distinct ops, keyed by
-    the set of ops (both orders of a pair pooled)."""
-    scores: dict[frozenset[str], list[float]] = {}
-    for row in comparable(rows):
-        if row.get(OPS_KEY) is None or row.get(metric) is None:
-            continue
-        ops = parse_ops(row[OPS_KEY])
-        distinct = len(set(ops)) == len(ops)
-        if len(ops) in (1, 2) and distinct and math.isfinite(row[metric]):
-            scores.setdefault(frozenset(ops), []).append(row[metric])
-    return scores
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _better(mode: str) -> str:
+    """The ``stats.verdict`` claim "A is better than B" under ``mode``."""
+    return "greater" if mode == "max" else "less"
+
+
+def _run_name(row: Row) -> str:
+    return str(row.get("run_name") or row.get("trial_id") or "?")
+
+
+def labelled_samples(
+    rows: Sequence[Row], label: Callable[[Row], Any], metric: str
+) -> tuple[dict[Any, dict[Any, float]], dict[Any, list[str]]]:
+    """``({label: {seed: value}}, {label: run names})`` of the comparable rows with a finite
+    ``metric`` whose ``label(row)`` is not None (``stats.samples_by_config`` on that label).
+
+    Pairs by ``seed`` when every used row has one, else by ``replicate``; without either each
+    row is its own pairing id, so comparisons fall back to Welch's unpaired t.
+    """
+    used = [r for r in comparable(rows) if _is_finite(r.get(metric)) and label(r) is not None]
+    pair_by = next(
+        (k for k in ("seed", "replicate") if all(r.get(k) is not None for r in used)), None
+    )
+    keyed = [
+        {**r, "_label": label(r), "_pair": r[pair_by] if pair_by else index}
+        for index, r in enumerate(used)
+    ]
+    table = {k[0]: v for k, v in samples_by_config(keyed, ["_label"], metric, "_pair").items()}
+    names: dict[Any, list[str]] = {}
+    for r in keyed:
+        names.setdefault(r["_label"], []).append(_run_name(r))
+    return table, names
+
+
+def format_comparison(name: str, c: Comparison) -> str:
+    """``A − B: +0.0990 [95% CI +0.0812, +0.1168], Holm p 0.0030 (paired t, 3 seeds)``."""
+    if not c.testable:
+        seeds = "1 seed" if c.n <= 1 else f"{c.n_a} vs {c.n_b} trials"
+        return f"{name}: {c.diff:+.4f} (no CI: {seeds})"
+    p_name = f"Holm p (of {c.family_size})" if c.family_size > 1 else "p"
+    n = f"{c.n} seeds" if c.paired else f"{c.n_a} vs {c.n_b} trials"
+    return (
+        f"{name}: {c.diff:+.4f} [{CONFIDENCE:.0%} CI {c.ci_low:+.4f}, {c.ci_high:+.4f}], "
+        f"{p_name} {_p(c.p_reported)} ({c.test}, {n})"
+    )
+
+
+def _all_hold(verdicts: Sequence[Verdict]) -> Verdict:
+    """The verdict of a conjunction of claims: contradicted if one is, holds if all do,
+    untestable if all are; else undecided with the most seeds any part needs."""
+    labels = [v.label for v in verdicts]
+    if "contradicted" in labels:
+        return Verdict("contradicted")
+    if all(label == "holds" for label in labels):
+        return Verdict("holds")
+    if all(label == "untestable" for label in labels):
+        return verdicts[0]
+    undecided = [v for v in verdicts if v.label == "undecided"]
+    if not undecided:
+        return Verdict("undecided", None, "part of it has one replicate")
+    if all(v.add_seeds is not None for v in undecided):
+        return Verdict("undecided", max(v.add_seeds for v in undecided))
+    return next(v for v in undecided if v.add_seeds is None)
+
+
+def _judged(
+    claim: str,
+    source: str,
+    comparisons: dict[str, Comparison],
+    claims: dict[str, str],
+    evidence: str,
+    trials: Iterable[str],
+    adjusted: bool = False,
+) -> Finding:
+    """A finding whose ``comparisons`` (one Holm family, adjusted here unless ``adjusted``)
+    must each support its claim in ``claims`` ("greater" / "less")."""
+    family = comparisons if adjusted else holm_family(comparisons)
+    overall = _all_hold([verdict(c, claims[name]) for name, c in family.items()])
+    return Finding(
+        claim,
+        source,
+        str(overall),
+        evidence,
+        overall.label,
+        family,
+        list(dict.fromkeys(trials)),
+    )
+
+
+def paper_ops(value: Any) -> tuple[tuple[str, ...], frozenset[str]]:
+    """An op list by what the paper's names mean: ``(its ops in order without riders, the
+    riders)``; ``RIDES_WITH`` names them (``[crop, flip, color]`` -> ``((crop, color),
+    {flip})``: the paper's crop + colour)."""
+    ops = parse_ops(value)
+    riders = frozenset(op for op in ops if RIDES_WITH.get(op) in ops)
+    return tuple(op for op in ops if op not in riders), riders
+
+
+def _op_meanings(rows: Sequence[Row]) -> dict[int, tuple[frozenset[str], frozenset[str]]]:
+    """``{id(row): (set of its paper ops, riders)}`` of the rows with ``augment.ops``."""
+    meanings = {}
+    for row in rows:
+        if row.get(OPS_KEY) is not None:
+            ops, riders = paper_ops(row[OPS_KEY])
+            meanings[id(row)] = (frozenset(ops), riders)
+    return meanings
+
+
+def _rider_note(names: Iterable[str], rows: Sequence[Row], riders: Iterable[str] = ()) -> str:
+    """What rode along in the trials used: flip with crop (as in the paper), ``riders`` in
+    every configuration compared."""
+    used = set(names)
+    absorbed = sorted(
+        {
+            f"{op} rides with {RIDES_WITH[op]}"
+            for r in rows
+            if _run_name(r) in used and r.get(OPS_KEY) is not None
+            for op in paper_ops(r[OPS_KEY])[1]
+        }
+    )
+    notes = [f"{note} (as in the paper)" for note in absorbed]
+    if riders:
+        notes.append(f"{'+'.join(sorted(riders))} rides along in every configuration compared")
+    return "; " + "; ".join(notes) if notes else ""
+
+
+def _means(table: dict[Any, dict[Any, float]], labels: Iterable[Any]) -> str:
+    return "; ".join(f"{label} {describe(table[label].values())}" for label in labels)
 
 
 def check_crop_color(
     rows: Sequence[Row],
     varying_keys: Sequence[str] = (OPS_KEY,),
     metric: str = DEFAULT_RANKING_METRIC,
+    mode: str = "max",
 ) -> Finding:
-    """Figure 5: crop + color distortion is the best pair of two ops (both orders pooled)."""
+    """Figure 5: crop + color distortion is the best pair of two ops (both orders pooled; ops
+    by their paper meaning, ``paper_ops``): ``stats.versus_best`` over the pairs; holds when
+    crop+color is the best and beats every other pair (Holm), contradicted when another pair
+    beats it."""
     claim, source = "crop+color is the best pair of augmentations", "Figure 5"
     if OPS_KEY not in varying_keys:
         return _not_covered(claim, source, "augment.ops does not vary")
-    pairs = {ops: v for ops, v in _scores_by_op_set(rows, metric).items() if len(ops) == 2}
-    target = frozenset(("crop", "color"))
-    if target not in pairs or len(pairs) < 2:
+    meanings = _op_meanings(rows)
+
+    target = "crop+color"
+
+    def pair(row: Row) -> str | None:
+        ops = meanings.get(id(row), (frozenset(), frozenset()))[0]
+        if len(ops) != 2:
+            return None
+        return target if ops == {"crop", "color"} else "+".join(sorted(ops))
+
+    table, names = labelled_samples(rows, pair, metric)
+    if target not in table or len(table) < 2:
         return _not_covered(claim, source, "needs crop+color and another pair of ops")
-    stats = {pair: s for pair, values in pairs.items() if (s := describe(values)) is not None}
-    ours = stats[target]
-    other_pair, other = max(
-        ((p, s) for p, s in stats.items() if p != target), key=lambda item: item[1].mean
-    )
-    noise = replicate_std(rows, varying_keys, metric)
+    best = versus_best(table, mode)
+    others = [k for k in rank({k: describe(v.values()) for k, v in table.items()}, mode)]
+    others = [k for k in others if k != target]
+    if best.best == target:
+        comparisons = {f"{other} − {target}": best.comparisons[other] for other in others}
+        claims = dict.fromkeys(comparisons, "less" if mode == "max" else "greater")
+    else:
+        comparisons = {f"{target} − {best.best}": best.comparisons[target]}
+        claims = dict.fromkeys(comparisons, _better(mode))
+    trials = [n for k in table for n in names[k]]
     evidence = (
-        f"{metric}: crop+color {ours}; best other pair {'+'.join(sorted(other_pair))} {other} "
-        f"(of {len(pairs) - 1} other pairs){_noise_note([ours.mean - other.mean], noise)}"
+        f"{metric}: {_means(table, [target, others[0]])} (best other of {len(others)} pairs)"
+        + _rider_note(trials, rows)
     )
-    return Finding(claim, source, "yes" if ours.mean > other.mean else "no", evidence)
+    # Already one Holm family: every pair against the best pair (closest first).
+    return _judged(claim, source, comparisons, claims, evidence, trials, adjusted=True)
 
 
 def check_composition(
     rows: Sequence[Row],
     varying_keys: Sequence[str] = (OPS_KEY,),
     metric: str = DEFAULT_RANKING_METRIC,
+    mode: str = "max",
 ) -> Finding:
     """Figure 5: no single transformation suffices; crop + color beats crop alone and color
-    alone (both orders of the pair pooled)."""
+    alone. Ops by their paper meaning (``paper_ops``: ``[crop, flip]`` is crop,
+    ``[crop, flip, color]`` crop + colour); both orders of the pair pooled; other ops that ride
+    along must be the same in every configuration compared (then they are stated). Each
+    comparison is paired by seed (other varying keys averaged per seed), Holm over the two."""
     claim, source = "crop+color beats each of its ops alone (composition matters)", "Figure 5"
     if OPS_KEY not in varying_keys:
         return _not_covered(claim, source, "augment.ops does not vary")
-    scores = _scores_by_op_set(rows, metric)
-    target = frozenset(("crop", "color"))
-    singles = [op for op in ("crop", "color") if frozenset((op,)) in scores]
-    if target not in scores or not singles:
-        return _not_covered(claim, source, "needs crop+color and crop or color alone")
-    stats = {ops: s for ops, values in scores.items() if (s := describe(values)) is not None}
-    ours = stats[target]
-    alone = {op: stats[frozenset((op,))] for op in singles}
-    gaps = [ours.mean - s.mean for s in alone.values()]
-    evidence = f"{metric}: crop+color {ours}; " + "; ".join(
-        f"{op} alone {s}" for op, s in alone.items()
+    meanings = _op_meanings(rows)
+    core = frozenset(("crop", "color"))
+    present: dict[frozenset[str], int] = {}
+    for row in comparable(rows):
+        if id(row) in meanings and _is_finite(row.get(metric)):
+            ops = meanings[id(row)][0]
+            present[ops] = present.get(ops, 0) + 1
+    # Riders: ops beside crop/color shared by every configuration compared; none preferred.
+    candidates = sorted(
+        {ops - core for ops in present}, key=lambda e: (len(e), -present.get(core | e, 0))
     )
+    riders = next(
+        (
+            e
+            for e in candidates
+            if core | e in present and any(frozenset((op,)) | e in present for op in core)
+        ),
+        None,
+    )
+    if riders is None:
+        return _not_covered(claim, source, "needs crop+color and crop or color alone")
+    labels = {core | riders: "crop+color", frozenset(("crop",)) | riders: "crop"}
+    labels[frozenset(("color",)) | riders] = "color"
+
+    def label(row: Row) -> str | None:
+        return labels.get(meanings.get(id(row), (None,))[0])
+
+    table, names = labelled_samples(rows, label, metric)
+    singles = [op for op in ("crop", "color") if op in table]
+    comparisons = {f"crop+color − {op}": compare(table["crop+color"], table[op]) for op in singles}
+    trials = [n for k in ("crop+color", *singles) for n in names[k]]
+    evidence = f"{metric}: {_means(table, ['crop+color', *singles])}"
 
     def pair_wins(series: list[tuple[Any, GroupStats]]) -> bool | None:
-        grouped: dict[frozenset[str], list[float]] = {}
+        by_ops: dict[str, list[float]] = {}
         for ops, s in series:  # both orders of a pair pooled
-            grouped.setdefault(frozenset(parse_ops(ops)), []).append(s.mean)
-        by_ops = {ops: float(np.mean(means)) for ops, means in grouped.items()}
-        rivals = [
-            by_ops[frozenset((op,))] for op in ("crop", "color") if frozenset((op,)) in by_ops
-        ]
-        return all(by_ops[target] > r for r in rivals) if target in by_ops and rivals else None
+            named = labels.get(frozenset(paper_ops(ops)[0]))
+            if named is not None:
+                by_ops.setdefault(named, []).append(s.mean)
+        means = {k: float(np.mean(v)) for k, v in by_ops.items()}
+        rivals = [means[op] for op in ("crop", "color") if op in means]
+        if "crop+color" not in means or not rivals:
+            return None
+        return all((means["crop+color"] > r) == (mode == "max") for r in rivals)
 
     evidence += _held_in_settings(rows, varying_keys, OPS_KEY, metric, pair_wins)
-    evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
-    return Finding(claim, source, "yes" if all(g > 0 for g in gaps) else "no", evidence)
+    evidence += _rider_note(trials, rows, riders)
+    claims = dict.fromkeys(comparisons, _better(mode))
+    return _judged(claim, source, comparisons, claims, evidence, trials)
 
 
 def _means_decrease_along(
@@ -343,17 +530,25 @@ def _means_decrease_along(
 
 
 def check_head_order(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
+    rows: Sequence[Row],
+    varying_keys: Sequence[str],
+    metric: str = DEFAULT_RANKING_METRIC,
+    mode: str = "max",
 ) -> Finding:
-    """Figure 8: a nonlinear projection head beats a linear one, which beats none."""
+    """Figure 8: a nonlinear projection head beats a linear one, which beats none. Each
+    adjacent pair of the heads present is compared, paired by seed (other varying keys
+    averaged per seed), Holm over the pairs."""
     claim, source = "nonlinear > linear > none (projection head)", "Figure 8"
-    marginal = group_stats(rows, ["model.head"], metric)
-    heads = [h for h in HEAD_ORDER if (h,) in marginal]
-    if "model.head" not in varying_keys or len(heads) < 2:
+    if "model.head" not in varying_keys:
+        return _not_covered(claim, source, "model.head does not vary")
+    table, names = labelled_samples(
+        rows, lambda r: r.get("model.head") if r.get("model.head") in HEAD_ORDER else None, metric
+    )
+    heads = [h for h in HEAD_ORDER if h in table]
+    if len(heads) < 2:
         return _not_covered(claim, source, "needs at least two of the head types")
-    means = [marginal[(h,)] for h in heads]
-    holds = all(a.mean > b.mean for a, b in pairwise(means))
-    evidence = f"{metric}: " + "; ".join(f"{h} {s}" for h, s in zip(heads, means, strict=True))
+    comparisons = {f"{a} − {b}": compare(table[a], table[b]) for a, b in pairwise(heads)}
+    evidence = f"{metric}: {_means(table, heads)}"
     evidence += _held_in_settings(
         rows,
         varying_keys,
@@ -361,9 +556,55 @@ def check_head_order(
         metric,
         lambda series: _means_decrease_along(series, HEAD_ORDER),
     )
-    gaps = [a.mean - b.mean for a, b in pairwise(means)]
-    evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
-    return Finding(claim, source, "yes" if holds else "no", evidence)
+    trials = [n for h in heads for n in names[h]]
+    claims = dict.fromkeys(comparisons, _better(mode))
+    return _judged(claim, source, comparisons, claims, evidence, trials)
+
+
+def check_batch_size(
+    rows: Sequence[Row],
+    varying_keys: Sequence[str],
+    metric: str = DEFAULT_RANKING_METRIC,
+    mode: str = "max",
+) -> Finding:
+    """Figure 9: at an equal number of epochs, a larger batch gives a better encoder.
+
+    At every epoch budget with two batch sizes, the largest batch against the smallest, paired
+    by seed (other varying keys averaged per seed), Holm over the budgets; the evidence says
+    whether the means rise monotonically with the batch size.
+    """
+    claim, source = "larger batches are better at equal epochs", "Figure 9"
+    if "train.batch_size" not in varying_keys:
+        return _not_covered(claim, source, "train.batch_size does not vary")
+    epochs_key = "train.epochs" if "train.epochs" in varying_keys else "epochs_planned"
+
+    def budget_and_size(row: Row) -> tuple[Any, Any] | None:
+        key = (row.get(epochs_key), row.get("train.batch_size"))
+        return None if None in key else key
+
+    table, names = labelled_samples(rows, budget_and_size, metric)
+    comparisons: dict[str, Comparison] = {}
+    parts, trials = [], []
+    for epochs in _sorted_values(key[0] for key in table):
+        sizes = _sorted_values(key[1] for key in table if key[0] == epochs)
+        if len(sizes) < 2:
+            continue
+        series = [describe(table[(epochs, size)].values()) for size in sizes]
+        monotone = all(a.mean < b.mean for a, b in pairwise(series))
+        cells = ", ".join(f"bs={size}: {s}" for size, s in zip(sizes, series, strict=True))
+        parts.append(f"{epochs} epochs: {cells} [{'' if monotone else 'not '}monotone]")
+        name = f"bs={sizes[-1]} − bs={sizes[0]} at {epochs} epochs"
+        comparisons[name] = compare(table[(epochs, sizes[-1])], table[(epochs, sizes[0])])
+        trials += [n for size in sizes for n in names[(epochs, size)]]
+    if not comparisons:
+        return _not_covered(claim, source, "no epoch budget has two batch sizes")
+    evidence = f"{metric}: " + "; ".join(parts)
+    others = [k for k in varying_keys if k not in ("train.batch_size", "train.epochs")]
+    if others:  # the claim at matched values of the other keys, per epoch budget
+        keys = [*others, epochs_key, "train.batch_size"]
+        evidence += _held_in_settings(rows, keys, "train.batch_size", metric, _larger_wins)
+    claims = dict.fromkeys(comparisons, _better(mode))
+    return _judged(claim, source, comparisons, claims, evidence, trials)
 
 
 def _larger_wins(series: list[tuple[Any, GroupStats]]) -> bool | None:
@@ -373,51 +614,155 @@ def _larger_wins(series: list[tuple[Any, GroupStats]]) -> bool | None:
     return ordered[-1][1].mean > ordered[0][1].mean
 
 
-def check_batch_size(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
-) -> Finding:
-    """Figure 9: at an equal number of epochs, a larger batch gives a better encoder.
-
-    Yes when, at every epoch budget, the largest batch beats the smallest one; the evidence
-    also says whether the means rise monotonically with the batch size.
-    """
-    claim, source = "larger batches are better at equal epochs", "Figure 9"
-    if "train.batch_size" not in varying_keys:
-        return _not_covered(claim, source, "train.batch_size does not vary")
-    epochs_key = "train.epochs" if "train.epochs" in varying_keys else "epochs_planned"
-    stats = group_stats(rows, [epochs_key, "train.batch_size"], metric)
-    parts, verdicts, gaps = [], [], []
-    for epochs in _sorted_values(key[0] for key in stats):
-        sizes = _sorted_values(key[1] for key in stats if key[0] == epochs)
-        if len(sizes) < 2:
-            continue
-        series = [stats[(epochs, size)] for size in sizes]
-        verdicts.append(series[-1].mean > series[0].mean)
-        gaps.append(series[-1].mean - series[0].mean)
-        monotone = all(a.mean < b.mean for a, b in pairwise(series))
-        cells = ", ".join(f"bs={size}: {s}" for size, s in zip(sizes, series, strict=True))
-        parts.append(f"{epochs} epochs: {cells} [{'' if monotone else 'not '}monotone]")
-    if not verdicts:
-        return _not_covered(claim, source, "no epoch budget has two batch sizes")
-    evidence = f"{metric}: " + "; ".join(parts)
-    others = [k for k in varying_keys if k not in ("train.batch_size", "train.epochs")]
-    if others:  # the claim at matched values of the other keys, per epoch budget
-        keys = [*others, epochs_key, "train.batch_size"]
-        evidence += _held_in_settings(rows, keys, "train.batch_size", metric, _larger_wins)
-    evidence += _noise_note(gaps, replicate_std(rows, varying_keys, metric))
-    return Finding(claim, source, "yes" if all(verdicts) else "no", evidence)
-
-
 def check_findings(
-    rows: Sequence[Row], varying_keys: Sequence[str], metric: str = DEFAULT_RANKING_METRIC
+    rows: Sequence[Row],
+    varying_keys: Sequence[str],
+    metric: str = DEFAULT_RANKING_METRIC,
+    mode: str = "max",
 ) -> list[Finding]:
-    """The paper's qualitative findings, each yes / no / not covered, on a results table."""
+    """The paper's qualitative findings on a results table, each with its comparisons and a
+    verdict: holds / contradicted / undecided (add k seeds) / untestable / not covered."""
     return [
-        check_crop_color(rows, varying_keys, metric),
-        check_composition(rows, varying_keys, metric),
-        check_head_order(rows, varying_keys, metric),
-        check_batch_size(rows, varying_keys, metric),
+        check_crop_color(rows, varying_keys, metric, mode),
+        check_composition(rows, varying_keys, metric, mode),
+        check_head_order(rows, varying_keys, metric, mode),
+        check_batch_size(rows, varying_keys, metric, mode),
     ]
+
+
+# ----------------------------------------------------------------------------- confidence
+
+
+#: Key of a configuration's label in the comparisons table.
+CONFIGURATION = "configuration"
+
+
+def configuration_keys(varying_keys: Sequence[str]) -> list[str]:
+    """The keys that make a configuration: the varying keys except ``train.seed`` (seeds are
+    the replicates every configuration is paired by)."""
+    return [k for k in varying_keys if k != "train.seed"]
+
+
+def configuration_label(values: Sequence[Any], keys: Sequence[str]) -> str:
+    """``crop+color`` for one key, ``augment.ops=crop+color, model.head=linear`` for more,
+    ``all trials`` for none."""
+    if not keys:
+        return "all trials"
+    if len(keys) == 1:
+        return format_value(values[0])
+    return ", ".join(f"{k}={format_value(v)}" for k, v in zip(keys, values, strict=True))
+
+
+@dataclass
+class Confidence:
+    """How sure the sweep is: every configuration against the best, the importance of each
+    swept key, and the synergy of each op composition (``assess``).
+
+    ``keys``: the configuration keys; ``table``: ``{configuration label: {seed: value}}``;
+    ``best``: ``stats.versus_best`` of it (None without a finite value); ``importance``:
+    ``stats.key_importance`` (None without keys or values); ``synergies``: ``{"a+b":
+    (stats.Synergy, Verdict)}``, Holm over all compositions; ``replicates``: the most
+    comparable replicates any configuration has.
+    """
+
+    metric: str
+    mode: str
+    keys: list[str]
+    table: dict[str, dict[Any, float]]
+    names: dict[str, list[str]]
+    best: BestFamily | None
+    importance: KeyImportance | None
+    synergies: dict[str, tuple[Synergy, Verdict]]
+    replicates: int
+
+    def comparison_rows(self) -> list[Row]:
+        """The comparisons table: one row per configuration, best first, against the best
+        (``diff`` = configuration - best, paired by seed; ``verdict``: of the claim "the best
+        is better than this configuration")."""
+        if self.best is None:
+            return []
+        groups = {k: describe(v.values()) for k, v in self.table.items()}
+        rows: list[Row] = []
+        for label in rank(groups, self.mode):
+            s = groups[label]
+            c = self.best.comparisons.get(label)
+            worse = "less" if self.mode == "max" else "greater"
+            rows.append(
+                {
+                    CONFIGURATION: label,
+                    "metric": self.metric,
+                    "mean": s.mean if s else None,
+                    "std": s.std if s else None,
+                    "n": s.n if s else 0,
+                    "diff": c.diff if c else 0.0,
+                    "ci_low": c.ci_low if c else None,
+                    "ci_high": c.ci_high if c else None,
+                    "p": c.p if c else None,
+                    "p_adjusted": c.p_adjusted if c else None,
+                    "p_permutation": c.p_permutation if c else None,
+                    "effect_size": c.effect_size if c else None,
+                    "n_pairs": c.n if c else None,
+                    "test": c.test if c else "best",
+                    "family_size": c.family_size if c else None,
+                    "tied_with_best": label in self.best.tied,
+                    "verdict": str(verdict(c, worse)) if c else "best",
+                }
+            )
+        return rows
+
+
+def assess(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str, mode: str = "max"
+) -> Confidence:
+    """The ``Confidence`` of a results table: pure, tolerant of missing metrics, failed trials,
+    one replicate and nothing varying (the parts that cannot be computed are None / empty)."""
+    keys = configuration_keys(varying_keys)
+
+    def label(row: Row) -> str:
+        return configuration_label([row.get(k) for k in keys], keys)
+
+    table, names = labelled_samples(rows, label, metric)
+    best = versus_best(table, mode) if table else None
+    used = [r for r in comparable(rows) if _is_finite(r.get(metric))]
+    importance = key_importance(used, keys, metric) if keys and used else None
+    return Confidence(
+        metric,
+        mode,
+        keys,
+        table,
+        names,
+        best,
+        importance,
+        _synergies(rows, varying_keys, metric, mode),
+        max((len(v) for v in table.values()), default=0),
+    )
+
+
+def _synergies(
+    rows: Sequence[Row], varying_keys: Sequence[str], metric: str, mode: str
+) -> dict[str, tuple[Synergy, Verdict]]:
+    """Each composition of two ops (a then b, by paper meaning) whose single ops were both
+    measured: ``stats.synergy`` against the better single op, Holm over the compositions."""
+    if OPS_KEY not in varying_keys:
+        return {}
+
+    def ops(row: Row) -> str | None:
+        if row.get(OPS_KEY) is None:
+            return None
+        core = paper_ops(row[OPS_KEY])[0]
+        return "+".join(core) if len(core) in (1, 2) and len(set(core)) == len(core) else None
+
+    table, _ = labelled_samples(rows, ops, metric)
+    found = {
+        label: synergy(table, label, tuple(label.split("+")), mode)
+        for label in table
+        if "+" in label and all(op in table for op in label.split("+"))
+    }
+    family = holm_family({label: s.comparison for label, s in found.items()})
+    return {
+        label: (replace(s, comparison=family[label]), verdict(family[label], _better(mode)))
+        for label, s in found.items()
+    }
 
 
 # ----------------------------------------------------------------------------- figures
@@ -728,6 +1073,249 @@ def draw_figures(results: SweepResults, fig_dir: Path, metric: str) -> list[Path
     return paths
 
 
+# ----------------------------------------------------------------------------- confidence: figures
+
+
+def plot_forest(conf: Confidence, stem: Path) -> list[Path]:
+    """Each configuration's difference from the best (paired by seed) with its 95% CI, best at
+    the top; tied with the best: blue, distinguishable: grey; no CI (one replicate): hollow."""
+    rows = conf.comparison_rows()
+    fig = Figure(figsize=(7, max(2.5, 0.32 * len(rows) + 1.5)))
+    ax = fig.add_subplot()
+    for y, row in enumerate(rows):
+        color = "tab:blue" if row["tied_with_best"] else "tab:gray"
+        if row["ci_low"] is not None:
+            ax.errorbar(
+                row["diff"],
+                y,
+                xerr=[[row["diff"] - row["ci_low"]], [row["ci_high"] - row["diff"]]],
+                fmt="o",
+                color=color,
+                capsize=3,
+            )
+        else:
+            ax.plot(row["diff"], y, "o", mfc="none", color=color)
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)), [_short(row[CONFIGURATION]) for row in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{conf.metric}: configuration − best ({CONFIDENCE:.0%} CI, paired by seed)")
+    ax.set_title("Difference from the best (blue: tied with it)")
+    return _save(fig, stem)
+
+
+def _short(label: str, limit: int = 48) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def _importance_terms(importance: KeyImportance) -> list[tuple[str, float, str]]:
+    """``(name, share, kind)`` of every main effect, interaction and the seed noise."""
+    terms = [(key, imp.share, "main effect") for key, imp in importance.main.items()]
+    terms += [
+        (f"{a} x {b}", imp.share, "interaction") for (a, b), imp in importance.interactions.items()
+    ]
+    terms.append(("seed noise (within configurations)", importance.residual, "seed noise"))
+    return terms
+
+
+def plot_importance(importance: KeyImportance, stem: Path, metric: str) -> list[Path]:
+    """Bar chart of the share of the variance of ``metric`` each key, each two-way interaction
+    and the seed noise explain (``stats.key_importance``)."""
+    terms = _importance_terms(importance)
+    colors = {"main effect": "tab:blue", "interaction": "tab:orange", "seed noise": "tab:gray"}
+    fig = Figure(figsize=(7, max(2.5, 0.4 * len(terms) + 1.5)))
+    ax = fig.add_subplot()
+    y = np.arange(len(terms))
+    ax.barh(y, [share for _, share, _ in terms], color=[colors[k] for _, _, k in terms])
+    for i, (_, share, _) in enumerate(terms):
+        ax.text(share, i, f" {share:.2f}", va="center", fontsize=8)
+    ax.set_yticks(y, [_short(name) for name, _, _ in terms], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(f"share of the variance of {metric}")
+    ax.set_title("Importance of each swept key (blue), interactions (orange)")
+    return _save(fig, stem)
+
+
+def draw_confidence_figures(conf: Confidence, fig_dir: Path) -> list[Path]:
+    """``comparisons_forest`` (two or more configurations) and ``importance`` (a key varies
+    and some trial has the metric)."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    if conf.best is not None and len(conf.table) >= 2:
+        paths += plot_forest(conf, fig_dir / "comparisons_forest")
+    if conf.importance is not None:
+        paths += plot_importance(conf.importance, fig_dir / "importance", conf.metric)
+    return paths
+
+
+# ----------------------------------------------------------------------------- confidence: text
+
+
+def _p(value: float | None) -> str:
+    """A p-value as a table shows it: 4 decimals, ``<0.0001`` below that."""
+    if value is None:
+        return "—"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _ci(low: float | None, high: float | None) -> str:
+    return "(no CI)" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def untestable_note(conf: Confidence) -> list[str]:
+    """The plain sentence a sweep with one replicate gets."""
+    if conf.replicates > 1 or not conf.table:
+        return []
+    return [
+        "**One replicate per configuration: no claim can be tested.** A difference between two "
+        "configurations cannot be told from seed noise without at least two seeds of each; "
+        "rerun with `replicates: 3` (or more) to get confidence intervals and verdicts.",
+        "",
+    ]
+
+
+def tied_lines(conf: Confidence) -> list[str]:
+    """``## Tied for best``: the set not distinguishable from the best, and every configuration
+    against the best (the comparisons table)."""
+    if conf.best is None or len(conf.table) < 2:
+        return []
+    best, alpha = conf.best, conf.best.alpha
+    tied = [row[CONFIGURATION] for row in conf.comparison_rows() if row["tied_with_best"]]
+    family = max((c.family_size for c in best.comparisons.values() if c.testable), default=0)
+    named = "{" + ", ".join(f"`{_cell(t)}`" for t in tied) + "}"
+    if family == 0:
+        text = (
+            f"No configuration could be tested against the best (one replicate each), so all "
+            f"{len(tied)} count as tied for best: {named}. The best by mean is "
+            f"`{_cell(best.best)}`."
+        )
+    else:
+        text = (
+            f"Tied for best at the {alpha:.0%} level (Holm over the {family} testable "
+            f"comparisons with the best, paired by seed): {named} ({len(tied)} of "
+            f"{len(conf.table)}); the best by mean is `{_cell(best.best)}`."
+        )
+        if best.untestable:
+            text += (
+                f" {len(best.untestable)} of them count as tied only because they have one "
+                "replicate (no test)."
+            )
+    lines = ["", "## Tied for best", "", text]
+    lines += [
+        "",
+        f"| configuration | n | `{conf.metric}` | − best [{CONFIDENCE:.0%} CI] | p | Holm p | "
+        "sign-flip p | effect size | best is better |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in conf.comparison_rows():
+        mean = "—" if row["mean"] is None else f"{row['mean']:.4f}"
+        effect = "—" if row["effect_size"] is None else f"{row['effect_size']:+.2f}"
+        diff = (
+            "—"
+            if row["test"] == "best"
+            else f"{row['diff']:+.4f} {_ci(row['ci_low'], row['ci_high'])}"
+        )
+        cells = [
+            _cell(row[CONFIGURATION]),
+            str(row["n"]),
+            mean,
+            diff,
+            _p(row["p"]),
+            _p(row["p_adjusted"]),
+            _p(row["p_permutation"]),
+            effect,
+            row["verdict"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Differences are paired by seed (replicate r of every configuration shares its seed, data "
+        "split and augmentation stream); p is the paired t-test (Welch's t where seeds do not "
+        "match), reported because the exact sign-flip test cannot reach 0.05 with fewer than 6 "
+        "seeds; effect size is Hedges-corrected d_z. Table: `comparisons.parquet`.",
+    ]
+    return lines
+
+
+#: Comparisons of one finding shown in summary.md; the rest are counted.
+SHOWN_COMPARISONS = 3
+
+
+def finding_lines(findings: Sequence[Finding]) -> list[str]:
+    """The findings table (verdict, each comparison's difference with its CI, Holm p and seeds)
+    and the trials each finding used."""
+    lines = [
+        "| finding | paper | verdict | difference [95% CI], Holm p, seeds | evidence |",
+        "|---|---|---|---|---|",
+    ]
+    for f in findings:
+        shown = [format_comparison(name, c) for name, c in f.comparisons.items()]
+        if len(shown) > SHOWN_COMPARISONS:
+            rest = len(shown) - SHOWN_COMPARISONS
+            shown = [*shown[:SHOWN_COMPARISONS], f"and {rest} more in the same Holm family"]
+        cells = [f.claim, f.source, f"**{f.verdict}**", "; ".join(shown) or "—", f.evidence]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    used = [f for f in findings if f.trials]
+    if used:
+        lines += ["", "Trials each finding used:", ""]
+        lines += [
+            f"- {f.claim}: " + ", ".join(f"`{_cell(name)}`" for name in f.trials) for f in used
+        ]
+    return lines
+
+
+def importance_lines(conf: Confidence) -> list[str]:
+    """``## Which keys matter``: importance of each key, two-way interactions, op synergy."""
+    lines: list[str] = []
+    if conf.importance is not None:
+        imp = conf.importance
+        unbalanced = not all(i.balanced for i in (*imp.main.values(), *imp.interactions.values()))
+        lines += [
+            "",
+            "## Which keys matter",
+            "",
+            f"Share of the variance of `{conf.metric}` over {imp.n} completed trials explained "
+            "by each swept key (main effect, one-way ANOVA; p: its F-test, the other keys left "
+            "in the error term) and by the interaction of two crossed keys; seed noise is the "
+            "share within configurations."
+            + (
+                " The design is unbalanced: shares overlap and are descriptive."
+                if unbalanced
+                else ""
+            ),
+            "",
+            "| term | share | p |",
+            "|---|---|---|",
+        ]
+        p_of = {key: i.p for key, i in imp.main.items()}
+        for name, share, _ in _importance_terms(imp):
+            lines.append(f"| {_cell(name)} | {share:.3f} | {_p(p_of.get(name))} |")
+    if conf.synergies:
+        lines += [
+            "",
+            "### Synergy of compositions",
+            "",
+            "Does (a then b) beat the better of a and b alone? Synergy = composition − better "
+            f"single op (positive: the composition helps), {CONFIDENCE:.0%} CI, paired by seed, "
+            "Holm over the compositions.",
+            "",
+            "| composition | better single op | synergy [95% CI] | Holm p | seeds | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, (s, v) in conf.synergies.items():
+            c = s.comparison
+            cells = [
+                label,
+                str(s.better_single),
+                f"{s.synergy:+.4f} {_ci(s.ci_low, s.ci_high)}",
+                _p(c.p_adjusted),
+                str(c.n),
+                str(v),
+            ]
+            lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return lines
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -837,11 +1425,15 @@ def summary_markdown(
     figures: Sequence[Path],
     metric: str,
     mode: str = "max",
+    confidence: Confidence | None = None,
 ) -> str:
     """``summary.md``: trial counts, the configurations ranked by ``metric`` and ``mode`` (the
-    sweep's ranking, as ``summary.json``), the findings, early stopping, trials that did not
-    complete, compute, figures."""
+    sweep's ranking, as ``summary.json``), the set tied for best with every configuration
+    against the best, the findings with their comparisons and verdicts, the importance of each
+    key and the synergy of compositions (``confidence``; computed by ``assess`` when None),
+    early stopping, trials that did not complete, compute, figures."""
     rows, keys = results.rows, results.varying_keys
+    conf = confidence if confidence is not None else assess(rows, keys, metric, mode)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -875,10 +1467,11 @@ def summary_markdown(
             lines.append("| " + " | ".join(cells) + " |")
     else:
         lines.append(f"No completed trial reported `{metric}`.")
+    lines += tied_lines(conf)
     lines += ["", "## The paper's findings on this sweep", ""]
-    lines += ["| finding | paper | verdict | evidence |", "|---|---|---|---|"]
-    for f in findings:
-        lines.append(f"| {f.claim} | {f.source} | **{f.verdict}** | {f.evidence} |")
+    lines += untestable_note(conf)
+    lines += finding_lines(findings)
+    lines += importance_lines(conf)
     lines += _early_stopping_lines(results, metric)
     others = [r for r in rows if r["status"] != "completed"]
     if others:
@@ -921,6 +1514,8 @@ class Report:
     figures: list[Path]
     findings: list[Finding]
     results: SweepResults
+    comparisons_path: Path | None = None
+    confidence: Confidence | None = None
 
 
 def build_report(
@@ -931,8 +1526,10 @@ def build_report(
     mode: str = "max",
 ) -> Report:
     """Write the report of ``results`` into ``out_dir``: ``results.parquet`` (a row per
-    trial), ``history.parquet`` (``results.histories``, which hold ``metric``), ``figures/``
-    and ``summary.md`` ranked by ``metric`` in the direction of ``mode``.
+    trial), ``history.parquet`` (``results.histories``, which hold ``metric``),
+    ``comparisons.parquet`` (every configuration against the best: ``Confidence.
+    comparison_rows``), ``figures/`` (with ``comparisons_forest`` and ``importance``) and
+    ``summary.md`` ranked by ``metric`` in the direction of ``mode``.
 
     Raises ValueError for a mode other than ``"max"`` / ``"min"`` (before writing anything).
     """
@@ -970,9 +1567,23 @@ def build_report(
         ),
         history_path,
     )
+    confidence = assess(results.rows, results.varying_keys, metric, mode)
+    comparisons_path = out / "comparisons.parquet"
+    write_results_table(confidence.comparison_rows(), comparisons_path, metadata)
     figures = draw_figures(results, out / "figures", metric)
-    findings = check_findings(results.rows, results.varying_keys, metric)
+    figures += draw_confidence_figures(confidence, out / "figures")
+    findings = check_findings(results.rows, results.varying_keys, metric, mode)
     summary_path = out / "summary.md"
-    text = summary_markdown(results, findings, figures, metric, mode)
+    text = summary_markdown(results, findings, figures, metric, mode, confidence)
     summary_path.write_text(text, encoding="utf-8")
-    return Report(out, results_path, history_path, summary_path, figures, findings, results)
+    return Report(
+        out,
+        results_path,
+        history_path,
+        summary_path,
+        figures,
+        findings,
+        results,
+        comparisons_path,
+        confidence,
+    )

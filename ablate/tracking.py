@@ -998,7 +998,10 @@ def publish_report(
     log_to_mlflow: bool = True,
 ) -> Report:
     """Read one sweep execution back from MLflow, write its report and log it under
-    ``report/`` of the parent run (unless ``log_to_mlflow`` is False).
+    ``report/`` of the parent run (unless ``log_to_mlflow`` is False): the tables
+    (``results``, ``history``, ``comparisons`` Parquet), ``summary.md`` and ``figures/``
+    (with the forest plot and the importance figure), and the importance of each swept key as
+    metrics of the parent run (``importance_metrics``).
 
     ``metric`` and ``mode`` are the sweep's ranking (``scheduler.metric`` / ``scheduler.mode``),
     so that ``summary.md`` ranks as ``summary.json`` does. ``out_dir`` defaults to
@@ -1011,7 +1014,29 @@ def publish_report(
     built = report.build_report(results, out, metric=metric, mode=mode)
     if log_to_mlflow:
         client.log_artifacts(results.parent_run_id, str(built.out_dir), artifact_path="report")
+        values = importance_metrics(built)
+        if values:
+            now = _now_ms()
+            client.log_batch(
+                results.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()]
+            )
     return built
+
+
+def importance_metrics(built: Report) -> dict[str, float]:
+    """The report's key importance as parent-run metrics: ``importance/<key>`` (share of the
+    variance of the ranking metric its main effect explains), ``importance/<a> x <b>`` (two-way
+    interaction) and ``importance/seed_noise`` (within configurations); empty when nothing
+    varies or no trial has the metric. Keys are dotted names, valid in MLflow metric names."""
+    importance = built.confidence.importance if built.confidence is not None else None
+    if importance is None:
+        return {}
+    values = {f"importance/{key}": imp.share for key, imp in importance.main.items()}
+    values |= {
+        f"importance/{a} x {b}": imp.share for (a, b), imp in importance.interactions.items()
+    }
+    values["importance/seed_noise"] = importance.residual
+    return values
 
 
 __all__ = [
@@ -1028,6 +1053,7 @@ __all__ = [
     "default_tracking_uri",
     "epoch_metrics",
     "find_parent_run",
+    "importance_metrics",
     "load_results",
     "publish_report",
     "resolve_tracking_uri",

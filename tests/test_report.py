@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
+from scipy import stats
 
 from ablate.config import resolve, set_dotted
 from ablate.report import (
@@ -24,6 +25,7 @@ from ablate.report import (
     check_findings,
     check_head_order,
     choose_figures,
+    format_comparison,
     plot_generic,
     plot_temperature,
     replicate_std,
@@ -169,15 +171,25 @@ def test_figures_are_written_as_png_and_svg(aug_report):
 def test_summary_and_artifacts(aug_report, aug_sweep):
     text = aug_report.summary_path.read_text()
     assert "| 1 | crop+color | 2 | 0.8050 ± 0.0071 |" in text  # best config, 2 replicates
-    assert "| crop+color is the best pair of augmentations | Figure 5 | **yes** |" in text
+    assert "| crop+color is the best pair of augmentations | Figure 5 | **holds** |" in text
+    assert "crop+color − crop: +0.3500 [95% CI +0.3500, +0.3500]" in text  # both orders pooled
     assert text.count(NOT_COVERED) == 2  # the head and batch-size findings
+    assert "Tied for best at the 5% level" in text and "{`crop+color`}" in text
+    assert "`crop+color \\| seed=0`" in text  # the trials a finding used, by run name
     assert "stopped by the scheduler (ASHA) at epoch 1 of 3" in text
     assert "![augmentation_matrix](figures/augmentation_matrix.png)" in text
     client = MlflowClient(aug_sweep[0])
     logged = {a.path for a in client.list_artifacts(aug_sweep[1], "report")}
     assert {"report/results.parquet", "report/summary.md", "report/figures"} <= logged
+    assert "report/comparisons.parquet" in logged
     figures = {a.path for a in client.list_artifacts(aug_sweep[1], "report/figures")}
     assert "report/figures/augmentation_matrix.svg" in figures
+    assert {"report/figures/comparisons_forest.png", "report/figures/importance.svg"} <= figures
+    metrics = client.get_run(aug_sweep[1]).data.metrics
+    importance = aug_report.confidence.importance
+    assert metrics["importance/augment.ops"] == pytest.approx(importance.main["augment.ops"].share)
+    assert metrics["importance/augment.ops"] > 0.9  # the only swept key; seeds add 0.01
+    assert metrics["importance/seed_noise"] == pytest.approx(importance.residual)
 
 
 def test_cli_writes_the_report(aug_sweep, tmp_path, capsys):
@@ -191,7 +203,7 @@ def test_cli_writes_the_report(aug_sweep, tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "results.parquet").stat().st_size > 0
     assert (tmp_path / "figures" / "augmentation_matrix.png").stat().st_size > 0
-    assert "[yes] crop+color is the best pair" in capsys.readouterr().out
+    assert "[holds] crop+color is the best pair" in capsys.readouterr().out
     assert report_main(["--experiment", "missing", "--tracking-uri", uri, "--no-log"]) == 2
 
 
@@ -209,7 +221,9 @@ def test_head_and_batch_sweep_figures_and_findings(tmp_path):
     assert {"projection_head.png", "projection_head.svg", "batch_size_epochs.svg"} <= names
     assert not any(name.startswith("augmentation") for name in names)
     verdicts = {finding.source: finding.verdict for finding in report.findings}
-    assert verdicts == {"Figure 5": NOT_COVERED, "Figure 8": "yes", "Figure 9": "yes"}
+    one = "untestable (one replicate)"  # one seed per configuration: no claim can be tested
+    assert verdicts == {"Figure 5": NOT_COVERED, "Figure 8": one, "Figure 9": one}
+    assert "no claim can be tested" in report.summary_path.read_text()
 
 
 # ----------------------------------------------------------------------------- hand-made tables
@@ -243,65 +257,136 @@ def test_augmentation_matrix_cells_and_row_means():
     assert matrix.cell("color") == pytest.approx(0.2)
 
 
-def test_crop_color_finding():
-    yes = [
-        row(score=s, **{"augment.ops": ops})
-        for ops, s in [("crop+color", 0.8), ("color+crop", 0.7), ("crop+blur", 0.6)]
-    ]
-    assert check_crop_color(yes).verdict == "yes"
-    assert "crop+color 0.7500" in check_crop_color(yes).evidence  # both orders pooled
-    no = [*yes, row(score=0.9, **{"augment.ops": "crop+cutout"})]
-    finding = check_crop_color(no)
-    assert finding.verdict == "no" and "best other pair crop+cutout 0.9000" in finding.evidence
-    single = [
-        row(score=0.8, **{"augment.ops": "crop+color"}),
-        row(score=0.5, **{"augment.ops": "crop"}),
-    ]
-    assert check_crop_color(single).verdict == NOT_COVERED
+def reps(scores: dict, key: str = "augment.ops", noise=(0.0, 0.004, -0.004), **fixed) -> list:
+    """Rows of ``key``'s values, one per seed: ``scores`` {value: mean} plus seed noise that
+    differs between configurations (replicate r of every configuration shares seed r)."""
+    out = []
+    for index, (value, mean) in enumerate(scores.items()):
+        for seed, shift in enumerate(noise):
+            name = f"{'+'.join(value) if isinstance(value, tuple) else value} | seed={seed}"
+            wobble = 0.002 * ((index + seed) % 3 - 1)  # seed-by-configuration noise
+            out.append(
+                row(score=mean + shift + wobble, **{key: value}, **fixed)
+                | {"seed": seed, "replicate": seed, "run_name": name, "run_id": name}
+                | {"status_detail": ""}
+            )
+    return out
 
 
-def test_composition_finding():
-    ops_scores = [("crop+color", 0.9), ("color+crop", 0.8), ("crop", 0.3), ("color", 0.84)]
-    yes = [row(score=s, **{"augment.ops": ops}) for ops, s in ops_scores]
-    finding = check_composition(yes)
-    assert finding.verdict == "yes", finding
-    assert "crop+color 0.8500" in finding.evidence  # both orders pooled
-    assert "crop alone 0.3000" in finding.evidence and "color alone 0.8400" in finding.evidence
-    no = [*yes, row(score=0.88, **{"augment.ops": "color"})]  # color alone now 0.86: not beaten
-    assert check_composition(no).verdict == "no"
-    # A pair of other ops, or crop+color with no single op to compare with: not covered.
-    other = [
-        row(score=0.9, **{"augment.ops": "crop+color"}),
-        row(score=0.5, **{"augment.ops": "blur"}),
-    ]
+def test_composition_recognised_by_meaning_with_flip_riding_on_crop():
+    """The issue's CIFAR-10 sweep: [crop, flip], [color], [crop, flip, color] measured exactly
+    "composition matters" (41.7 vs 31.8 / 32.6): it holds, not 'not covered'."""
+    rows = reps({("crop", "flip"): 0.318, ("color",): 0.326, ("crop", "flip", "color"): 0.417})
+    finding = check_composition(rows)
+    assert finding.verdict == "holds" and finding.label == "holds", finding
+    assert set(finding.comparisons) == {"crop+color − crop", "crop+color − color"}
+    for c in finding.comparisons.values():
+        assert c.test == "paired t" and c.n == 3 and c.family_size == 2
+        assert c.ci_low > 0.05 and c.p_adjusted < 0.05
+    assert "flip rides with crop (as in the paper)" in finding.evidence
+    assert "crop+color 0.4170" in finding.evidence
+    assert "crop+flip+color | seed=0" in finding.trials and len(finding.trials) == 9
+    # One pair only: "best pair" stays not covered; composition is no longer missed.
+    assert check_crop_color(rows).verdict == NOT_COVERED
+
+
+def test_riders_are_stated_and_a_confounding_rider_is_not_matched():
+    shared = reps(
+        {("crop", "blur"): 0.30, ("color", "blur"): 0.32, ("crop", "color", "blur"): 0.40}
+    )
+    finding = check_composition(shared)
+    assert finding.label == "holds"
+    assert "blur rides along in every configuration compared" in finding.evidence
+    # blur only in the composition: crop+color+blur is not the paper's crop+color.
+    confounded = reps({("crop",): 0.30, ("color",): 0.32, ("crop", "color", "blur"): 0.40})
+    assert check_composition(confounded).verdict == NOT_COVERED
+
+
+def test_composition_verdicts_contradicted_undecided_untestable():
+    worse = reps({("crop",): 0.30, ("color",): 0.50, ("crop", "color"): 0.40})
+    assert check_composition(worse).verdict == "contradicted"  # colour alone beats the pair
+    # 3 seeds, a gap of 0.002 against seed noise of about 0.004: more seeds would settle it.
+    close = reps({("crop",): 0.30, ("color",): 0.398, ("crop", "color"): 0.40})
+    undecided = check_composition(close)
+    assert undecided.label == "undecided" and "add " in undecided.verdict, undecided.verdict
+    single = [r for r in worse if r["seed"] == 0]
+    one = check_composition(single)
+    assert one.verdict == "untestable (one replicate)"
+    assert "no CI: 1 seed" in format_comparison(*next(iter(one.comparisons.items())))
+    results = SweepResults("e", "p", single, ["augment.ops"])
+    text = summary_markdown(results, [one], [], "val/knn_top1")
+    assert "One replicate per configuration: no claim can be tested." in text
+    # Missing: a pair of other ops, or augment.ops not swept.
+    other = reps({("crop", "color"): 0.9, ("blur",): 0.5})
     assert check_composition(other).verdict == NOT_COVERED
-    assert check_composition(yes, varying_keys=["model.head"]).verdict == NOT_COVERED
-    # Checked at each value of the other varying keys too.
+    assert check_composition(worse, varying_keys=["model.head"]).verdict == NOT_COVERED
+
+
+def test_composition_difference_and_ci_match_scipy():
+    rows = reps({("crop",): 0.30, ("color",): 0.33, ("crop", "color"): 0.40})
+    c = check_composition(rows).comparisons["crop+color − color"]
+    pair = [r["val/knn_top1"] for r in rows if r["augment.ops"] == ("crop", "color")]
+    color = [r["val/knn_top1"] for r in rows if r["augment.ops"] == ("color",)]
+    expected = stats.ttest_rel(pair, color)
+    ci = expected.confidence_interval(0.95)
+    assert c.diff == pytest.approx(np.mean(pair) - np.mean(color))
+    assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high))
+    other = stats.ttest_rel(
+        pair, [r["val/knn_top1"] for r in rows if r["augment.ops"] == ("crop",)]
+    ).pvalue
+    ps = sorted([expected.pvalue, other])
+    holm = {ps[0]: min(1, 2 * ps[0]), ps[1]: max(min(1, 2 * ps[0]), ps[1])}
+    assert c.p_adjusted == pytest.approx(holm[expected.pvalue])
+
+
+def test_composition_pools_other_keys_per_seed():
     by_head = [
-        row(score=s, **{"augment.ops": ops, "model.head": head})
-        for head, scores in (("linear", (0.9, 0.3, 0.8)), ("nonlinear", (0.7, 0.3, 0.8)))
-        for ops, s in zip(("crop+color", "crop", "color"), scores, strict=True)
+        r
+        for head, shift in (("linear", 0.0), ("nonlinear", 0.05))
+        for r in reps(
+            {("crop",): 0.3 + shift, ("color",): 0.35, ("crop", "color"): 0.45 + shift},
+            **{"model.head": head},
+        )
     ]
     finding = check_composition(by_head, ["augment.ops", "model.head"])
-    assert "holds in 1 of 2 settings of model.head" in finding.evidence, finding.evidence
+    assert finding.label == "holds"
+    assert all(c.n == 3 for c in finding.comparisons.values())  # 3 seeds, heads averaged
+    assert "the means agree in 2 of 2 settings of model.head" in finding.evidence
+
+
+def test_crop_color_best_pair_verdicts():
+    rows = reps({("crop", "color"): 0.50, ("color", "crop"): 0.48, ("crop", "blur"): 0.40})
+    finding = check_crop_color(rows)
+    assert finding.label == "holds", finding
+    assert list(finding.comparisons) == ["blur+crop − crop+color"]
+    assert "crop+color 0.4900" in finding.evidence  # both orders pooled
+    beaten = [*rows, *reps({("crop", "cutout"): 0.60})]
+    finding = check_crop_color(beaten)
+    assert finding.label == "contradicted" and "crop+color − crop+cutout" in finding.comparisons
+    close = [*rows, *reps({("crop", "cutout"): 0.491}, noise=(0.0, 0.004, -0.003))]
+    assert check_crop_color(close).label == "undecided"
+    single = [r for r in rows if r["seed"] == 0]
+    assert check_crop_color(single).label == "untestable"
+    pair_and_single = reps({("crop", "color"): 0.8, ("crop",): 0.5})
+    assert check_crop_color(pair_and_single).verdict == NOT_COVERED
 
 
 def test_head_order_finding():
     keys = ["model.head", "model.out_dim"]
-    yes = [
-        row(score=s, **{"model.head": h, "model.out_dim": d})
-        for h, s in (("nonlinear", 0.7), ("linear", 0.6), ("none", 0.5))
-        for d in (32, 128)
-    ]
+    scores = {"nonlinear": 0.7, "linear": 0.6, "none": 0.5}
+    yes = [r for d in (32, 128) for r in reps(scores, "model.head", **{"model.out_dim": d})]
     finding = check_head_order(yes, keys)
-    assert finding.verdict == "yes" and "holds in 2 of 2 settings" in finding.evidence
+    assert finding.label == "holds" and "agree in 2 of 2 settings" in finding.evidence
+    assert list(finding.comparisons) == ["nonlinear − linear", "linear − none"]
     no = [r if r["model.head"] != "none" else {**r, "val/knn_top1": 0.65} for r in yes]
-    assert check_head_order(no, keys).verdict == "no"  # none beats linear
+    assert check_head_order(no, keys).label == "contradicted"  # none beats linear
     only_one = [r for r in yes if r["model.head"] == "nonlinear"]
     assert check_head_order(only_one, keys).verdict == NOT_COVERED
+    lower = check_head_order(yes, keys, mode="min")  # a metric where lower is better
+    assert lower.label == "contradicted"
 
 
-def test_replicate_noise_is_reported():
+def test_replicate_std():
     keys = ["model.head"]
     rows = [
         row(score=s, **{"model.head": h})
@@ -309,38 +394,79 @@ def test_replicate_noise_is_reported():
         for s in scores
     ]
     assert replicate_std(rows, keys) == pytest.approx(math.sqrt((0.005 + 0.0008) / 2))
-    finding = check_head_order(rows, keys)
-    assert finding.verdict == "yes"  # 0.65 > 0.60 ...
-    assert "within one replicate std" in finding.evidence  # ... but a gap of 0.05 < 0.054
-    apart = [
-        {**r, "val/knn_top1": r["val/knn_top1"] - 0.2} if r["model.head"] == "linear" else r
-        for r in rows
-    ]
-    assert "within one" not in check_head_order(apart, keys).evidence
-    single = [rows[0], rows[2]]
-    assert "no replicates" in check_head_order(single, keys).evidence
+    assert replicate_std([rows[0], rows[2]], keys) is None
 
 
 def test_batch_size_finding():
     keys = ["train.batch_size", "train.epochs"]
     yes = [
-        row(score=0.4 + 0.001 * b / 64 + 0.01 * e, **{"train.batch_size": b, "train.epochs": e})
-        for b in (64, 128, 256)
+        r
         for e in (100, 200)
+        for r in reps(
+            {b: 0.4 + 0.01 * b / 64 + 0.01 * e / 100 for b in (64, 128, 256)},
+            "train.batch_size",
+            **{"train.epochs": e},
+        )
     ]
     finding = check_batch_size(yes, keys)
-    assert finding.verdict == "yes" and finding.evidence.count("[monotone") == 2
+    assert finding.label == "holds" and finding.evidence.count("[monotone") == 2
+    assert set(finding.comparisons) == {
+        "bs=256 − bs=64 at 100 epochs",
+        "bs=256 − bs=64 at 200 epochs",
+    }
     flipped = [
         {**r, "val/knn_top1": 1.0 - r["val/knn_top1"]} if r["train.epochs"] == 200 else r
         for r in yes
     ]
-    assert check_batch_size(flipped, keys).verdict == "no"
+    assert check_batch_size(flipped, keys).label == "contradicted"
     assert check_batch_size(yes, ["train.epochs"]).verdict == NOT_COVERED
     # epochs fixed by the spec: one budget, taken from the planned epochs
-    fixed = [row(score=0.1 * i, **{"train.batch_size": b}) for i, b in enumerate((64, 256))]
-    assert check_batch_size(fixed, ["train.batch_size"]).verdict == "yes"
-    verdicts = [f.verdict for f in check_findings(fixed, ["train.batch_size"])]
-    assert verdicts == [NOT_COVERED, NOT_COVERED, NOT_COVERED, "yes"]
+    fixed = reps({64: 0.1, 256: 0.2}, "train.batch_size")
+    assert check_batch_size(fixed, ["train.batch_size"]).label == "holds"
+    labels = [f.label for f in check_findings(fixed, ["train.batch_size"])]
+    assert labels == ["not covered", "not covered", "not covered", "holds"]
+
+
+def test_tied_set_comparisons_importance_and_synergy(tmp_path):
+    """Two configurations within seed noise of each other are tied for best as a set; a clearly
+    worse one is not; the swept key carries the variance; crop+color's synergy holds."""
+    rows = reps({("crop",): 0.30, ("color",): 0.399, ("crop", "color"): 0.40})
+    report = build_report(SweepResults("e", "p", rows, ["augment.ops"]), tmp_path)
+    conf = report.confidence
+    assert conf.best.best == "crop+color" and conf.best.tied == {"crop+color", "color"}
+    table = pq.read_table(report.comparisons_path)
+    assert report.comparisons_path == tmp_path / "comparisons.parquet"
+    for column in ("configuration", "diff", "ci_low", "ci_high", "p", "p_adjusted",
+                   "p_permutation", "effect_size", "n_pairs", "test", "verdict"):  # fmt: skip
+        assert column in table.column_names, column
+    by_config = {r["configuration"]: r for r in table.to_pylist()}
+    assert by_config["crop+color"]["test"] == "best"
+    assert by_config["crop"]["verdict"] == "holds" and not by_config["crop"]["tied_with_best"]
+    assert by_config["color"]["tied_with_best"] and by_config["color"]["verdict"] != "holds"
+    assert by_config["crop"]["diff"] == pytest.approx(-0.10, abs=0.005)
+    assert conf.importance.main["augment.ops"].share > 0.95
+    text = report.summary_path.read_text()
+    assert "Tied for best at the 5% level" in text and "{`crop+color`, `color`}" in text
+    assert "## Which keys matter" in text and "| augment.ops | 0.9" in text
+    assert "| crop+color | color |" in text  # synergy over the better single op
+    names = {p.name for p in report.figures}
+    assert {"comparisons_forest.png", "comparisons_forest.svg", "importance.svg"} <= names
+
+
+def test_report_survives_one_replicate_no_keys_and_no_metric(tmp_path):
+    ids = {"status_detail": "", "run_name": "a", "run_id": "a"}
+    completed = row(score=0.5) | {"seed": 0, "replicate": 0} | ids
+    failed = row("failed") | {"seed": 1, "replicate": 1} | ids
+    for name, rows, keys in (
+        ("nothing-varies", [completed, {**completed, "seed": 1, "val/knn_top1": 0.6}], []),
+        ("all-failed", [failed], ["augment.ops"]),
+        ("no-metric", [{**completed, "val/knn_top1": None}], ["model.head"]),
+    ):
+        report = build_report(SweepResults("e", "p", rows, keys), tmp_path / name)
+        assert report.summary_path.is_file() and report.comparisons_path.is_file()
+        assert "## Tied for best" not in report.summary_path.read_text()
+        assert not any(p.stem == "comparisons_forest" for p in report.figures)
+    assert pq.read_table(tmp_path / "nothing-varies" / "comparisons.parquet").num_rows == 1
 
 
 def test_choose_figures_from_varying_keys():
