@@ -527,8 +527,13 @@ def build_tuner(
     callbacks: Sequence[Any] = (),
     dataset_refs: dict[str, Any] | None = None,
     restore: bool = False,
+    verbose: bool = False,
 ) -> tune.Tuner:
-    """A new ``Tuner`` for ``plan``, or the one restored from its experiment directory."""
+    """A new ``Tuner`` for ``plan``, or the one restored from its experiment directory.
+
+    ``verbose``: Tune's own status table (``CLIReporter``); otherwise Tune prints nothing and
+    the view is the caller's (``ablate.console.SweepConsole`` among ``callbacks``).
+    """
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     trainable = tune.with_resources(
@@ -566,11 +571,11 @@ def build_tuner(
             storage_path=plan.storage_path,
             # Explicit, so results reach disk even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set.
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
-            progress_reporter=_reporter(plan),
+            progress_reporter=_reporter(plan) if verbose else None,
             # Ray Train already restarts failed worker groups from their checkpoints
             # (build_trainer's FailureConfig); a trial that still fails is reported, not rerun.
             failure_config=tune.FailureConfig(max_failures=0),
-            verbose=1,
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -602,6 +607,7 @@ def run_sweep(
     callbacks: Sequence[Any] = (),
     share_data: bool = True,
     checked: preflight.Preflight | None = None,
+    verbose: bool = False,
 ) -> SweepSummary:
     """Run (or with ``resume`` continue) a plan, log it to MLflow and write its report.
 
@@ -610,7 +616,9 @@ def run_sweep(
     that ran them itself); any problem raises ``SpecError`` before a trial starts. With
     ``tracking.enabled`` the sweep is logged to the store of the spec's ``tracking.uri`` /
     ``tracking.experiment`` and its report (ranked by ``scheduler.metric``/``mode``) written to
-    ``<experiment_dir>/report``. ``callbacks`` are further Ray Tune callbacks.
+    ``<experiment_dir>/report``. ``callbacks`` are further Ray Tune callbacks. The console
+    shows one live view of the trials (``ablate.console``) and Ray's own output goes to
+    ``sweep_log_path(plan)``; ``verbose`` prints Ray's output and Tune's status table instead.
     """
     if isinstance(spec, SweepPlan):
         plan = spec
@@ -642,7 +650,7 @@ def run_sweep(
         callbacks = [tracking.MlflowCallback(tracker), *callbacks]
     with tracker if tracker is not None else contextlib.nullcontext():
         rows, records, summary_path = _run_trials(
-            plan, checked.restore, address, callbacks, share_data
+            plan, checked.restore, address, callbacks, share_data, verbose
         )
     report_path = None
     if tracker is not None:
@@ -659,17 +667,67 @@ def run_sweep(
     return SweepSummary(rows, records, summary_path, report_path, checked.tracking_uri)
 
 
+def sweep_log_path(plan: SweepPlan) -> str:
+    """The sweep's log file: ``<experiment_dir>/logs/sweep.log``; with remote storage (a URI),
+    ``<tmp>/ablate_logs/<sweep name>/sweep.log`` on the driver's machine."""
+    if "://" in plan.experiment_dir:
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), "ablate_logs", plan.name, "sweep.log")
+    return os.path.join(plan.experiment_dir, "logs", "sweep.log")
+
+
 def _run_trials(
     plan: SweepPlan,
     restore: bool,
     address: str | None,
     callbacks: Sequence[Any],
     share_data: bool,
+    verbose: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Connect to Ray, check the cluster, run the Tuner; write and print the summary."""
+    """Connect to Ray, check the cluster, run the Tuner; write and print the summary.
+
+    Unless ``verbose``, the console shows ``ablate.console.SweepConsole``'s view and Ray's own
+    output goes to ``sweep_log_path(plan)`` (``console.route_logs``), named at the end.
+    """
     # Tune's legacy reporter prints the varying keys instead of every flattened config field.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if verbose:
+        return _run_tuner(plan, restore, address, callbacks, share_data, verbose=True)
+    from ablate import console
+
+    log_path = sweep_log_path(plan)
+    log_dir = os.path.dirname(log_path)
+    try:
+        with console.route_logs(log_path) as route:
+            view = console.SweepConsole(plan.metric, plan.num_trials, plan.max_epochs())
+            return _run_tuner(plan, restore, address, [*callbacks, view], share_data, route=route)
+    except SpecError:
+        # Nothing ran (a check after Ray started failed): leave no sweep directory behind
+        # that only holds this log, or the next run of the same name would be refused.
+        parent = os.path.dirname(log_dir)
+        if os.path.isdir(parent) and os.listdir(parent) == ["logs"]:
+            import shutil
+
+            shutil.rmtree(parent)
+        raise
+    finally:
+        if os.path.exists(log_path):
+            print(f"log: {log_path}", file=sys.stderr)
+
+
+def _run_tuner(
+    plan: SweepPlan,
+    restore: bool,
+    address: str | None,
+    callbacks: Sequence[Any],
+    share_data: bool,
+    verbose: bool = False,
+    route: Any = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     started = connect(address)
+    if route is not None:
+        route.capture_worker_output()
     try:
         cluster_limit = preflight.check_cluster(plan, _alive_nodes())
         concurrency = preflight.max_concurrent_trials(plan, cluster_limit)
@@ -684,7 +742,12 @@ def _run_trials(
             header = "".join(f"# --set {o}\n" for o in plan.overrides)
             _write_text(f"{plan.experiment_dir}/spec.yaml", header + plan.text)
         tuner = build_tuner(
-            plan, concurrency=concurrency, callbacks=callbacks, dataset_refs=refs, restore=restore
+            plan,
+            concurrency=concurrency,
+            callbacks=callbacks,
+            dataset_refs=refs,
+            restore=restore,
+            verbose=verbose,
         )
         started_at = time.time()
         results = tuner.fit()

@@ -1,13 +1,15 @@
 """Run an ablation sweep from a search-space YAML.
 
     python -m entrypoints.sweep search_spaces/quickstart.yaml [--set KEY=VALUE ...]
-        [--dry-run] [--resume] [--address ADDR] [--storage-path PATH]
+        [--dry-run] [--resume] [--address ADDR] [--storage-path PATH] [--verbose]
 
 On a cluster: ``ray job submit --working-dir . -- python -m entrypoints.sweep SPEC.yaml``
 (``$RAY_ADDRESS`` is set there, so the sweep joins that cluster). Exit status 2: the spec, an
 override or the cluster's resources cannot work; nothing was started. 1: the sweep ran but a
 trial failed (raised). ``--dry-run`` prints the trial table and the estimated compute without
-importing Ray.
+importing Ray. The console shows one live view of the trials (plain lines when not a terminal
+or in a Ray job); Ray's own output goes to ``<storage>/<name>/logs/sweep.log``, named at the end
+(``--verbose``: on the console, with Tune's status table).
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--storage-path", default=None, help="results root (same as --set storage.path=PATH)"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's and Ray Train's output and Tune's status table instead of the "
+        "compact view (they otherwise go to <storage>/<name>/logs/sweep.log)",
+    )
     return parser.parse_args(argv)
 
 
@@ -71,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         checked = preflight.check(plan, args.resume)
         from ablate.sweep import run_sweep  # imports Ray: only when something will run
 
-        done = run_sweep(plan, resume=args.resume, address=args.address, checked=checked)
+        done = run_sweep(
+            plan, resume=args.resume, address=args.address, checked=checked, verbose=args.verbose
+        )
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

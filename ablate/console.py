@@ -1,0 +1,329 @@
+"""What a sweep shows a person: one live view of its trials, and every other line in a log file.
+
+``SweepConsole`` is a Ray Tune ``Callback`` (``ray.tune.Callback``: ``on_trial_start``,
+``on_trial_result``, ``on_trial_complete``, ``on_trial_error``, ``on_step_end``,
+``on_experiment_end``). On a terminal it redraws one compact table in place: a header with the
+trials done / running / pending, the elapsed time and an ETA, then one row per started trial
+(id, its varying values, epoch / epochs, the ranking metric, state). Elsewhere (a pipe, a file,
+a Ray job: ``$RAY_JOB_ID`` is set or stdout is not a TTY) it prints one plain line per trial
+event: started, each epoch's result, completed / stopped / diverged / failed.
+
+``route_logs`` sends what Ray prints to a log file instead of the console: the ``ray`` Python
+loggers of the driver (Tune, Train, Ray's own start-up lines; errors still reach the console),
+and the stdout/stderr of every Ray worker process (Tune's trial actors, Train's controllers and
+workers: "Reporting training result", "Checkpoint successfully created", ...), which Ray streams
+to the driver (``ray.init(log_to_driver=True)``, the default) on every node of the cluster.
+
+The ETA assumes the epochs still to run take as long as those done so far, start-up included
+(``elapsed * remaining epochs / epochs done``); trials that ASHA stops early end it sooner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+from ablate import vocabulary
+from ablate.vocabulary import format_value
+
+#: Ray's handler name for printing worker output on the driver (ray._private.worker).
+_RAY_PRINT_LOGS = "ray_print_logs"
+
+
+def is_live(stream: TextIO) -> bool:
+    """Whether ``stream`` gets the in-place view: a TTY, outside a Ray job."""
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _duration(seconds: float | None) -> str:
+    """``seconds`` as ``1h02m``, ``4m05s`` or ``12s``; ``?`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+@dataclass
+class _Row:
+    """What the view knows of one trial."""
+
+    label: str
+    epochs: int
+    epoch: int = 0
+    metric: float | None = None
+    state: str = "pending"
+
+
+class SweepConsole(Callback):
+    """Tune callback that shows a sweep's progress on ``stream`` (default: stdout).
+
+    ``metric``: the ranking metric shown per trial; ``num_trials``: the planned trials (for the
+    header and ETA); ``epochs``: the planned epochs of a trial (each trial's own config wins);
+    ``live``: redraw in place (default: ``is_live(stream)``); ``refresh``: seconds between
+    redraws of the clock on a terminal.
+    """
+
+    def __init__(
+        self,
+        metric: str,
+        num_trials: int,
+        epochs: int,
+        *,
+        stream: TextIO | None = None,
+        live: bool | None = None,
+        refresh: float = 1.0,
+    ) -> None:
+        self.metric = metric
+        self.num_trials = num_trials
+        self.epochs = epochs
+        self.stream = stream or sys.stdout
+        self.live = is_live(self.stream) if live is None else live
+        self.refresh = refresh
+        self.rows: dict[str, _Row] = {}
+        self.started_at = time.time()
+        self._drawn_lines = 0
+        self._drawn_at = 0.0
+
+    # Tune pickles its callbacks with the experiment; a restored sweep starts a fresh view.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("stream", "live")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, rows={}, started_at=time.time(), _drawn_lines=0)
+        self.stream = sys.stdout
+        self.live = is_live(self.stream)
+
+    # ------------------------------------------------------------------ Tune's events
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row.state = "running"
+        self._event(trial, "started")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        row = self._row(trial)
+        row.epoch = int(result.get("epoch") or row.epoch)
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            row.metric = float(value)
+        self._event(trial, f"epoch {row.epoch}/{row.epochs}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        outcome = vocabulary.trial_outcome(trial.last_result or {}, row.epochs)
+        row.state = outcome.status
+        detail = "" if outcome.status == "completed" else f" ({outcome.detail})"
+        self._event(trial, outcome.status + detail)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row.state = "failed"
+        error = getattr(trial, "error_file", None)
+        reason = ""
+        if error and os.path.exists(error):
+            with open(error) as file:
+                reason = ": " + vocabulary.error_line(file.read(), 200)
+        self._event(trial, "failed" + reason)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.live and time.time() - self._drawn_at >= self.refresh:
+            self._draw()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.live:
+            self._draw()
+
+    # ------------------------------------------------------------------ the view
+
+    def _row(self, trial: Any) -> _Row:
+        row = self.rows.get(trial.trial_id)
+        if row is None:
+            param = trial.config or {}
+            varying = {
+                k.split(".")[-1]: format_value(v) for k, v in (param.get("varying") or {}).items()
+            }
+            label = " ".join(f"{k}={v}" for k, v in varying.items())
+            if "replicate" in param and "seed" not in varying:
+                label += f" rep={param['replicate']}"
+            config = param.get("config") or {}
+            epochs = int((config.get("train") or {}).get("epochs") or self.epochs)
+            row = self.rows[trial.trial_id] = _Row(label=label.strip(), epochs=epochs)
+        return row
+
+    def progress(self) -> str:
+        """``trials 2/6 done, 2 running | elapsed 1m10s | ETA 2m30s``."""
+        states = [r.state for r in self.rows.values()]
+        running = states.count("running")
+        done = len(states) - running - states.count("pending")
+        elapsed = time.time() - self.started_at
+        epochs_done = sum(
+            r.epochs if r.state not in ("running", "pending") else r.epoch
+            for r in self.rows.values()
+        )
+        planned = sum(r.epochs for r in self.rows.values())
+        planned += (self.num_trials - len(self.rows)) * self.epochs
+        remaining = max(planned - epochs_done, 0)
+        eta = elapsed * remaining / epochs_done if epochs_done else None
+        return (
+            f"trials {done}/{self.num_trials} done, {running} running | "
+            f"elapsed {_duration(elapsed)} | ETA {_duration(eta if remaining else 0.0)}"
+        )
+
+    def _event(self, trial: Any, what: str) -> None:
+        if self.live:
+            self._draw()
+            return
+        row = self.rows[trial.trial_id]
+        metric = "" if row.metric is None else f"  {self.metric} {row.metric:.4f}"
+        line = (
+            f"[{_duration(time.time() - self.started_at):>6}] {trial.trial_id} {row.label}: "
+            f"{what}{metric}  ({self.progress()})"
+        )
+        print(line, file=self.stream, flush=True)
+
+    def table(self, max_rows: int | None = None) -> list[str]:
+        """The live view's lines: the progress header, then one row per started trial."""
+        rows = [(tid, r) for tid, r in self.rows.items() if r.state != "pending"]
+        if max_rows is not None and len(rows) > max_rows:
+            running = [(t, r) for t, r in rows if r.state == "running"]
+            rows = (
+                running[:max_rows]
+                if len(running) >= max_rows
+                else (
+                    running
+                    + [(t, r) for t, r in rows if r.state != "running"][
+                        -(max_rows - len(running)) :
+                    ]
+                )
+            )
+        header = ["trial", "config", "epoch", self.metric, "state"]
+        body = [
+            [
+                tid,
+                r.label,
+                f"{r.epoch}/{r.epochs}",
+                "-" if r.metric is None else f"{r.metric:.4f}",
+                r.state,
+            ]
+            for tid, r in rows
+        ]
+        widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(header)]
+        lines = [f"sweep: {self.progress()}"]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [header, *body]
+        ]
+        return lines
+
+    def _draw(self) -> None:
+        size = shutil.get_terminal_size()
+        lines = [line[: size.columns - 1] for line in self.table(max(size.lines - 4, 1))]
+        # Back to the first line of the previous drawing, clear to the end, draw again.
+        up = f"\x1b[{self._drawn_lines}F" if self._drawn_lines else ""
+        self.stream.write(up + "\x1b[J" + "\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn_lines = len(lines)
+        self._drawn_at = time.time()
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+class _WorkerLogWriter:
+    """Writes the worker output Ray streams to the driver into a file, one line per line,
+    prefixed like Ray's console lines: ``(ActorName pid=123, ip=...) text``."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.lock = threading.Lock()
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        name = data.get("actor_name") or data.get("task_name") or ""
+        prefix = f"({name} pid={data.get('pid')}, ip={data.get('ip')})"
+        stream = " [stderr]" if data.get("is_err") else ""
+        with self.lock:
+            for line in data.get("lines") or ():
+                self.file.write(f"{prefix}{stream} {line}\n")
+            self.file.flush()
+
+
+class LogRoute:
+    """Where ``route_logs`` sends Ray's output: ``path``; ``capture_worker_output()`` once
+    Ray is initialised."""
+
+    def __init__(self, path: str, file: TextIO) -> None:
+        self.path = path
+        self._writer = _WorkerLogWriter(file)
+        self._saved: list[tuple[str, Any]] | None = None
+
+    def capture_worker_output(self) -> None:
+        """Swap Ray's ``ray_print_logs`` handler (added by ``ray.init(log_to_driver=True)``)
+        for one that writes to the log file; without it (``log_to_driver=False``) worker
+        output stays in Ray's session directory (``<session>/logs/worker-*``) alone."""
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        if self._saved is not None:
+            return
+        self._saved = [pair for pair in dispatcher.handlers if pair[0] == _RAY_PRINT_LOGS]
+        dispatcher.remove_handler(_RAY_PRINT_LOGS)
+        dispatcher.add_handler(_RAY_PRINT_LOGS, self._writer)
+
+    def release_worker_output(self) -> None:
+        import ray
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        if self._saved is None:
+            return
+        dispatcher.remove_handler(_RAY_PRINT_LOGS)
+        if ray.is_initialized():  # ray.shutdown removed Ray's handler; ray.init adds a new one
+            for name, handler in self._saved:
+                dispatcher.add_handler(name, handler)
+        self._saved = None
+
+
+@contextlib.contextmanager
+def route_logs(path: str) -> Iterator[LogRoute]:
+    """Send Ray's console output to the file ``path`` (made with its directory) while inside.
+
+    At once, the ``ray`` loggers of this process write everything from INFO up to the file
+    and only errors to the console; after ``LogRoute.capture_worker_output()`` (call it once
+    ``ray.init`` ran) the stdout/stderr of Ray workers streamed to this driver goes to the file
+    too. On exit, what Ray had is restored.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a", encoding="utf-8") as file:
+        ray_logger = logging.getLogger("ray")
+        handler = logging.StreamHandler(file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        consoles = [(h, h.level) for h in ray_logger.handlers]
+        for console, _ in consoles:
+            console.setLevel(max(console.level, logging.ERROR))
+        ray_logger.addHandler(handler)
+        route = LogRoute(path, file)
+        try:
+            yield route
+        finally:
+            route.release_worker_output()
+            ray_logger.removeHandler(handler)
+            for console, level in consoles:
+                console.setLevel(level)
