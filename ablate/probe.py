@@ -335,8 +335,9 @@ class OnlineProbe(nn.Module):
     ``BatchNorm1d(affine=False)`` then ``Linear``: the normalisation makes a fixed lr work
     whatever the scale of h (which drifts during pretraining); at eval time it is an affine map
     with running statistics, so the classifier stays linear in h. It has its own SGD optimizer
-    (momentum 0.9), so gradients never reach the encoder. The optimizer state travels with
-    ``state_dict()`` (as the module's extra state), so checkpoints resume it exactly.
+    (momentum 0.9, multi-tensor updates), so gradients never reach the encoder. The optimizer
+    state travels with ``state_dict()`` (as the module's extra state), so checkpoints resume
+    it exactly.
     """
 
     def __init__(
@@ -347,22 +348,47 @@ class OnlineProbe(nn.Module):
         self.linear = nn.Linear(feat_dim, num_classes)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=momentum)
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=momentum, foreach=True)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, feat_dim) -> logits (B, num_classes)."""
         return self.linear(self.norm(h.flatten(1).float()))
 
-    def step(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, h: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One SGD step on the batch (h is detached here); returns the cross-entropy (0-dim,
-        detached, left on the device so the training loop does not wait for it)."""
+        detached, left on the device so the training loop does not wait for it).
+
+        ``ok``: a 0-dim bool on the device; where False the step is undone on the device
+        (weights, momentum and BatchNorm statistics keep their values; no host sync).
+        """
         self.train()
+        before = None
+        if ok is not None:
+            before = list(torch._foreach_clone(self._state_tensors()))
         with torch.autocast(h.device.type, enabled=False), torch.enable_grad():
             loss = F.cross_entropy(self(h.detach()), labels.to(h.device).long())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+        if ok is not None and before is not None:
+            with torch.no_grad():
+                after = self._state_tensors()
+                # A momentum buffer made by this (first) step had no value before: zero.
+                old = before + [torch.zeros_like(t) for t in after[len(before) :]]
+                kept = [torch.where(ok, new, prev) for new, prev in zip(after, old, strict=True)]
+                torch._foreach_copy_(after, kept)
         return loss.detach()
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """What a step changes: parameters, BatchNorm statistics, then momentum buffers."""
+        momentum = [
+            buf
+            for p in self.parameters()
+            if (buf := self.optimizer.state.get(p, {}).get("momentum_buffer")) is not None
+        ]
+        return [*(p.data for p in self.parameters()), *self.buffers(), *momentum]
 
     @torch.no_grad()
     def accuracy(self, h: torch.Tensor, labels: torch.Tensor) -> float:
