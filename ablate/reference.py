@@ -100,9 +100,9 @@ and ablate/config.py, not this file (tests/test_spec.py checks they agree). -->
 A sweep is one YAML file. Its top level holds the sweep keys (name, space, algorithm, ...)
 and, beside them, the trial-config sections (`data`, `model`, `augment`, `loss`, `optim`,
 `train`, `eval`, `resources`) that form the *base configuration* every trial starts from.
-Everything has a default except `name`. The file is read with `yaml.safe_load` and fully
-validated, every expanded configuration included, before Ray starts; a problem exits with
-status 2 and names the file, the dotted key and what was expected.
+Everything has a default except `name`. The file is read with safe loading (YAML 1.2 floats:
+`1e-1` is a number) and fully validated, every expanded configuration included, before Ray
+starts; a problem exits with status 2 and names the file, the dotted key and what was expected.
 
 ```yaml
 name: head_by_ops                 # results in <storage.path>/head_by_ops/

@@ -67,6 +67,53 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63 - 1)
 
 
+def worker_device(assigned: torch.device, cuda_available: bool) -> torch.device:
+    """The device a worker trains on: Ray Train's ``assigned`` one (``ray.train.torch.
+    get_device()``: ``cuda:i`` when the worker reserved a GPU), or the CPU when CUDA is not
+    usable in this process (a node that declares GPU resources it does not have, a driver
+    mismatch): the trial then runs, slower, instead of failing on its first CUDA call."""
+    if assigned.type == "cuda" and not cuda_available:
+        return torch.device("cpu")
+    return assigned
+
+
+def process_group_backend(use_gpu: bool, cuda_available: bool) -> str:
+    """The torch.distributed backend of a trial's workers: nccl when they reserve GPUs and
+    CUDA is usable, else gloo (nccl has no CPU tensors)."""
+    return "nccl" if use_gpu and cuda_available else "gloo"
+
+
+def gpus_usable() -> bool:
+    """Whether the GPUs the Ray cluster declares are CUDA devices, as far as the trial's
+    driver can tell (it reserves no GPU itself, so Ray may hide them from it): True when
+    another node declares GPUs (assumed real), else whether this node has CUDA or an NVIDIA
+    driver loaded. False on a node that declares GPU resources it does not have (a test's
+    ``ray.init(num_gpus=1)`` on a CPU machine)."""
+    import ray
+
+    if ray.is_initialized():
+        here = ray.get_runtime_context().get_node_id()
+        gpu_nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
+        if any(node["NodeID"] != here for node in gpu_nodes):
+            return True
+    return (
+        torch.cuda.is_available()
+        or os.path.exists("/proc/driver/nvidia/version")
+        or os.path.exists("/dev/nvidiactl")
+    )
+
+
+def agreed_finite(loss: torch.Tensor) -> torch.Tensor:
+    """0-dim bool on ``loss``'s device: the loss is finite on every worker (an all-reduce of
+    the flag with MIN; no host synchronisation on an accelerator)."""
+    finite = torch.isfinite(loss)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = finite.to(torch.float32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = flag > 0
+    return finite
+
+
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
@@ -132,13 +179,58 @@ def prepare_data(config: TrialConfig, runtime: dict[str, Any]) -> TrialData:
 
 
 def to_device_batch(
-    images: np.ndarray, rows: np.ndarray, device: torch.device, channels_last: bool
+    images: np.ndarray | torch.Tensor,
+    rows: np.ndarray | torch.Tensor,
+    device: torch.device,
+    channels_last: bool,
 ) -> torch.Tensor:
-    """uint8 rows (B, H, W, C) of ``images`` -> uint8 (B, C, H, W) tensor on ``device``."""
-    batch = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device, non_blocking=True)
+    """uint8 rows (B, H, W, C) of ``images`` -> uint8 (B, C, H, W) tensor on ``device``.
+
+    ``images`` a tensor already on ``device`` (``ResidentData``) with ``rows`` an index tensor
+    there: the rows are gathered on the device (no host gather, no copy); else a host gather
+    and one copy.
+    """
+    if isinstance(images, torch.Tensor):
+        batch = images.index_select(0, torch.as_tensor(rows, device=images.device))
+    else:
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device, non_blocking=True)
     # (B, H, W, C) memory is already channels-last for the (B, C, H, W) view.
     batch = batch.permute(0, 3, 1, 2)
     return batch if channels_last else batch.contiguous()
+
+
+#: The most of an accelerator's free memory the resident training set may take (trials
+#: packed on one GPU each hold their own copy).
+RESIDENT_MAX_FRACTION = 0.25
+
+
+@dataclass
+class ResidentData:
+    """The decoded training images (N, H, W, C) uint8 and labels (N,) int64 held on the
+    training device, so that a step gathers its rows there with an index tensor."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def resident_data(
+    images: np.ndarray, labels: np.ndarray, device: torch.device
+) -> ResidentData | None:
+    """``images``/``labels`` on ``device`` when they fit in ``RESIDENT_MAX_FRACTION`` of its
+    free memory (CIFAR-10's 50,000 images: 154 MB), else None (the step then gathers on the
+    host and copies). On the CPU the tensors share the arrays' memory (no copy)."""
+    import warnings
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes + labels.nbytes > RESIDENT_MAX_FRACTION * free:
+            return None
+    with warnings.catch_warnings():
+        # Read-only arrays (memory maps, Ray's object store): the tensors are only read.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        host_images = torch.from_numpy(np.ascontiguousarray(images))
+        host_labels = torch.from_numpy(np.ascontiguousarray(labels))
+    return ResidentData(host_images.to(device), host_labels.to(device))
 
 
 # ----------------------------------------------------------------------------- one step
@@ -156,6 +248,11 @@ class Pretraining:
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
+    #: Skip a non-finite step on the device (``LARS.step(ok=...)``), the host reading the
+    #: divergence flag every ``DIVERGENCE_CHECK_EVERY`` steps only. False: the host reads the
+    #: flag every step and skips there (the CPU, where that read costs nothing, and the
+    #: optimisers without a device-side skip: SGD, AdamW).
+    device_skip: bool = False
 
 
 def build_pretraining(
@@ -186,6 +283,7 @@ def build_pretraining(
         device=device,
         amp_dtype=autocast_dtype(config.train.precision, device),
         channels_last=channels_last,
+        device_skip=device.type != "cpu" and isinstance(optimizer, optim.LARS),
     )
 
 
@@ -207,11 +305,17 @@ def contrastive_forward(
     return h, z1, z2, parts.loss_fn(z1, z2)
 
 
-def optimizer_step(parts: Pretraining, step_loss: torch.Tensor) -> None:
-    """Backward, optimiser step and one scheduler step."""
+def optimizer_step(
+    parts: Pretraining, step_loss: torch.Tensor, ok: torch.Tensor | None = None
+) -> None:
+    """Backward, optimiser step and one scheduler step; ``ok`` (0-dim bool on the device,
+    LARS only): the update is skipped on the device where it is False."""
     parts.optimizer.zero_grad(set_to_none=True)
     step_loss.backward()
-    parts.optimizer.step()
+    if ok is None:
+        parts.optimizer.step()
+    else:
+        parts.optimizer.step(ok=ok)
     parts.scheduler.step()
 
 
@@ -221,7 +325,9 @@ class StepResult:
 
     loss: torch.Tensor  # 0-dim fp32, detached
     contrastive_top1: torch.Tensor  # 0-dim fp32
-    finite: bool  # the loss was finite on every worker (else nothing was updated)
+    #: 0-dim bool on the device: the loss was finite on every worker (else nothing was
+    #: updated: model, optimiser state and online probe keep their values)
+    finite: torch.Tensor
 
 
 def pretraining_step(
@@ -235,20 +341,26 @@ def pretraining_step(
     """One SimCLR step, exactly as every worker runs it (the throughput benchmark calls it too).
 
     ``images``: uint8 (B, C, H, W) on the device; ``labels``: (B,) for the online probe.
-    Two views, encoder + head + loss, a finiteness check agreed by all workers (the step's one
-    host sync), then backward, optimiser and schedule step, and one online-probe step on the
-    detached h of the first view. ``poison`` multiplies the loss by NaN (fault injection).
+    Two views, encoder + head + loss, a finiteness check agreed by all workers, then backward,
+    optimiser and schedule step, and one online-probe step on the detached h of the first
+    view; a non-finite step updates nothing. With ``parts.device_skip`` the check stays on the
+    device and the updates are masked there (no host sync in the step); else the host reads
+    the flag and skips them. ``poison`` multiplies the loss by NaN (fault injection).
     """
     from ablate.loss import contrastive_top1
 
     h, z1, z2, step_loss = contrastive_forward(parts, *parts.pipeline(images, generator))
     if poison:
         step_loss = step_loss * float("nan")
-    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    finite = _all_reduce_sum([float(torch.isfinite(step_loss))], parts.device)[0] == world_size
-    if finite:
+    finite = agreed_finite(step_loss)
+    has_probe = online is not None and labels is not None
+    if parts.device_skip:
+        optimizer_step(parts, step_loss, ok=finite)
+        if has_probe:
+            online.step(h[: len(images)], labels, ok=finite)
+    elif finite.item():
         optimizer_step(parts, step_loss)
-        if online is not None and labels is not None:
+        if has_probe:
             online.step(h[: len(images)], labels)
     return StepResult(
         loss=step_loss.detach(),
@@ -272,6 +384,9 @@ class Worker:
     online: Any  # ablate.probe.OnlineProbe on the encoder's features
     local_batch: int  # this worker's share of train.batch_size
     steps_per_epoch: int
+    #: The training set on the device (``resident_data``), made at the first epoch; False
+    #: when it does not fit there.
+    resident: ResidentData | bool | None = None
 
     @property
     def device(self) -> torch.device:
@@ -313,12 +428,24 @@ def build_worker(
 
 
 def distribute(worker: Worker) -> None:
-    """Wrap the model for DDP (Ray Train) and, with ``train.compile``, compile it; after a
-    checkpoint was read into the bare model."""
+    """Wrap the model for DDP (Ray Train) and compile it in ``train.compile``'s mode; after a
+    checkpoint was read into the bare model.
+
+    Only the model (encoder + head, forward and backward) is compiled: augmentation, loss and
+    optimiser step stay eager, so the augmentation generator's draws never enter a graph
+    (CUDA graphs of ``reduce-overhead`` cannot capture a CPU generator, and would replay a
+    device generator's captured offsets).
+    """
     import ray.train.torch
 
-    model = ray.train.torch.prepare_model(worker.parts.model, move_to_device=False)
-    worker.parts.model = torch.compile(model) if worker.config.train.compile else model
+    # The worker's own device (it may have fallen back to the CPU: ``worker_device``) for DDP.
+    model = ray.train.torch.prepare_model(worker.parts.model, move_to_device=worker.device)
+    worker.parts.model = compiled(model, worker.config.train.compile)
+
+
+def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``model`` under ``torch.compile`` in ``mode`` (``TrainConfig.compile``); ``off``: as is."""
+    return model if mode == "off" else torch.compile(model, mode=mode)
 
 
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -411,41 +538,84 @@ class EpochResult:
     diverged: str  # why the epoch stopped on a non-finite loss ("" if it did not)
 
 
+#: Steps between the host's reads of the divergence flag when steps skip on the device
+#: (``Pretraining.device_skip``): one host sync per this many steps, and at most this many
+#: skipped steps run after a divergence before the epoch stops.
+DIVERGENCE_CHECK_EVERY = 25
+
+
+def epoch_rows(
+    worker: Worker, epoch: int, device: torch.device | None = None
+) -> np.ndarray | torch.Tensor:
+    """(steps_per_epoch, local_batch) row numbers of this worker's steps in ``epoch``, each
+    step's rows sorted; on ``device`` when given (one copy per epoch)."""
+    data, config = worker.data, worker.config
+    order = data.pretrain_idx[
+        _shard(len(data.pretrain_idx), worker.rank, worker.world_size, epoch, config)
+    ]
+    used = worker.steps_per_epoch * worker.local_batch
+    rows = np.sort(order[:used].reshape(worker.steps_per_epoch, worker.local_batch), axis=1)
+    return rows if device is None else torch.from_numpy(rows).to(device)
+
+
 def run_epoch(
     worker: Worker, generator: torch.Generator, epoch: int, poison: bool = False
 ) -> EpochResult:
     """``worker.steps_per_epoch`` pretraining steps on this worker's shard of ``epoch``; stops
-    at the first non-finite loss. ``poison``: make the losses NaN (fault injection)."""
+    at the first non-finite loss (seen by the host within ``DIVERGENCE_CHECK_EVERY`` steps
+    when steps skip on the device; the steps after it update nothing and count for nothing).
+    ``poison``: make the losses NaN (fault injection).
+
+    The training set is held on the device when it fits (``resident_data``; kept on the
+    worker), so a step gathers its rows there.
+    """
     config, data, parts, device = worker.config, worker.data, worker.parts, worker.device
     _bare(parts.model).train()
     generator.manual_seed(epoch_seed(config.train.seed, worker.rank, epoch))
-    order = data.pretrain_idx[
-        _shard(len(data.pretrain_idx), worker.rank, worker.world_size, epoch, config)
-    ]
+    if worker.resident is None:
+        worker.resident = resident_data(data.images, data.labels, device) or False
+    resident = worker.resident or None
+    rows = epoch_rows(worker, epoch, device if resident is not None else None)
     online = worker.online if config.eval.online_probe else None
+    check_every = DIVERGENCE_CHECK_EVERY if parts.device_skip else 1
     epoch_start = time.time()
     loss_sum = top1_sum = torch.zeros((), device=device)
-    steps_done, diverged = 0, ""
+    steps_done = torch.zeros((), dtype=torch.int64, device=device)
+    healthy = torch.ones((), dtype=torch.bool, device=device)  # every step so far finite
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    bad_loss = torch.zeros((), device=device)
+    lrs: list[float] = []  # each step's lr, for the divergence message
     for step in range(worker.steps_per_epoch):
-        rows = np.sort(order[step * worker.local_batch : (step + 1) * worker.local_batch])
+        lrs.append(parts.scheduler.get_last_lr()[0])
+        if resident is not None:
+            images, labels = resident.images, resident.labels.index_select(0, rows[step])
+        else:
+            images, labels = data.images, torch.from_numpy(data.labels[rows[step]]).to(device)
         result = pretraining_step(
             parts,
-            to_device_batch(data.images, rows, device, parts.channels_last),
+            to_device_batch(images, rows[step], device, parts.channels_last),
             generator,
             online,
-            torch.from_numpy(data.labels[rows]).to(device),
+            labels,
             poison=poison,
         )
-        if not result.finite:
-            diverged = (
-                f"non-finite loss ({result.loss.item()}) at epoch {epoch}, step {step + 1}; "
-                f"lr={parts.scheduler.get_last_lr()[0]:.4g}"
-            )
+        newly_bad = healthy & ~result.finite
+        first_bad = torch.where(newly_bad, step, first_bad)
+        bad_loss = torch.where(newly_bad, result.loss, bad_loss)
+        healthy = healthy & result.finite
+        loss_sum = loss_sum + torch.where(healthy, result.loss, 0.0)
+        top1_sum = top1_sum + torch.where(healthy, result.contrastive_top1, 0.0)
+        steps_done = steps_done + healthy.long()
+        if (step + 1) % check_every == 0 and not healthy.item():
             break
-        loss_sum = loss_sum + result.loss
-        top1_sum = top1_sum + result.contrastive_top1
-        steps_done += 1
-    local_sums = [loss_sum.item(), top1_sum.item(), float(steps_done)]  # waits for the device
+    diverged = ""
+    if not healthy.item():  # waits for the device
+        bad_step = int(first_bad.item())
+        diverged = (
+            f"non-finite loss ({bad_loss.item()}) at epoch {epoch}, step {bad_step + 1}; "
+            f"lr={lrs[bad_step]:.4g}"
+        )
+    local_sums = [loss_sum.item(), top1_sum.item(), float(steps_done.item())]
     seconds = time.time() - epoch_start
     total_loss, total_top1, total_steps = _all_reduce_sum(local_sums, device)
     return EpochResult(
@@ -683,7 +853,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         runtime,
         context.get_world_rank(),
         context.get_world_size(),
-        ray.train.torch.get_device(),
+        worker_device(ray.train.torch.get_device(), torch.cuda.is_available()),
     )
     resumed = resume(worker)
     state = resumed or TrialState()
@@ -743,7 +913,9 @@ def build_trainer(
     resumes from the latest checkpoint as well.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from ablate.rendezvous import LocalRendezvousTorchConfig
 
     trial = TrialConfig.model_validate(config)
     resources = trial.resources
@@ -764,7 +936,9 @@ def build_trainer(
             use_gpu=use_gpu,
             resources_per_worker=per_worker,
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=LocalRendezvousTorchConfig(
+            backend=process_group_backend(use_gpu, use_gpu and gpus_usable())
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
