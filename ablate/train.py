@@ -830,6 +830,35 @@ def report(worker: Worker, state: TrialState, metrics: dict[str, Any], save: boo
 # ----------------------------------------------------------------------------- the loop
 
 
+class StartupTimes:
+    """Where a trial's fixed overhead goes: seconds from the trial's start (``launched_at``,
+    ``time.time()`` in the Tune trial actor) to each stage of this worker's start-up.
+
+    Stages: ``fit`` (the trial actor built the trainer and called ``fit()``), ``worker process``
+    (this process was created: Train's controller actor and placement group came before it),
+    ``train loop`` (Ray Train's set-up and the process group were done), then each ``mark``.
+    """
+
+    def __init__(self, launched_at: float, fit_at: float | None) -> None:
+        import psutil
+
+        self.launched_at = launched_at
+        self.stages: list[tuple[str, float]] = []
+        if fit_at is not None:
+            self.stages.append(("fit", fit_at))
+        self.stages.append(("worker process", psutil.Process().create_time()))
+        self.mark("train loop")
+
+    def mark(self, stage: str) -> None:
+        self.stages.append((stage, time.time()))
+
+    def describe(self, first_step_at: float) -> str:
+        """One line: each stage's offset (s) from the trial's start, then the first step's."""
+        stages = [*self.stages, ("first step", first_step_at)]
+        times = ", ".join(f"{name} +{at - self.launched_at:.1f}" for name, at in stages)
+        return f"trial start-up (s after the trial started): {times}"
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     """Ray Train worker entry point: ``{"config": resolved TrialConfig, "runtime": {...}}``.
 
@@ -846,6 +875,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     config = TrialConfig.model_validate(loop_config["config"])
     runtime = loop_config.get("runtime", {})
     launched_at = runtime.get("launched_at") or time.time()
+    startup = StartupTimes(launched_at, runtime.get("fit_at"))
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
     worker = build_worker(
@@ -855,11 +885,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         context.get_world_size(),
         worker_device(ray.train.torch.get_device(), torch.cuda.is_available()),
     )
+    startup.mark("data + model")
     resumed = resume(worker)
     state = resumed or TrialState()
     faults = FaultInjector(config.train.faults, worker.rank, resumed=resumed is not None)
     restored_epoch = state.epoch
     distribute(worker)
+    startup.mark("checkpoint + DDP")
     generator = torch.Generator(device=worker.device)
     wall_start = time.time()
     overhead: float | None = None
@@ -869,6 +901,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         result = run_epoch(worker, generator, epoch, poison=faults.poison_loss(epoch))
         if overhead is None:
             overhead = result.started_at - launched_at
+            if worker.rank == 0:
+                # To the worker's stdout: the sweep's log file (ablate.console), not the console.
+                print(startup.describe(result.started_at), flush=True)
         metrics = epoch_metrics(worker, epoch, result, overhead, restored_epoch)
         if result.diverged:
             metrics.update(state.monitors, status="diverged", reason=result.diverged)
@@ -917,6 +952,13 @@ def build_trainer(
 
     from ablate.rendezvous import LocalRendezvousTorchConfig
 
+    # Train V2 starts a PreemptionWatcher actor per worker group (one more process to start
+    # beside the workers, and an error line from the controller's core worker at each start);
+    # it only observes node preemption, which a failed worker group's restart from its
+    # checkpoint covers. Train passes the variable on to the controller and workers it starts.
+    # RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 in the environment turns it back on.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
     trial = TrialConfig.model_validate(config)
     resources = trial.resources
     use_gpu = resources.gpus_per_worker > 0
@@ -925,6 +967,7 @@ def build_trainer(
         per_worker["GPU"] = resources.gpus_per_worker
     runtime = {
         "launched_at": launched_at or time.time(),
+        "fit_at": time.time(),  # the trainer is fitted as soon as it is built
         "dataset_ref": dataset_ref,
         "data_cache_dir": data_cache_dir,
     }
