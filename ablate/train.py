@@ -566,14 +566,17 @@ def run_epoch(
     when steps skip on the device; the steps after it update nothing and count for nothing).
     ``poison``: make the losses NaN (fault injection).
 
-    The training set is held on the device when it fits (``resident_data``; kept on the
-    worker), so a step gathers its rows there.
+    On an accelerator the training set is held there when it fits (``resident_data``; kept
+    on the worker), so a step gathers its rows there. On the CPU the rows are gathered from the
+    arrays as before: numpy's gather of 256 rows of 32x32x3 uint8 took 80 us against 0.8-8 ms
+    for ``torch.index_select`` (2 loaded cores), and there is no copy to save.
     """
     config, data, parts, device = worker.config, worker.data, worker.parts, worker.device
     _bare(parts.model).train()
     generator.manual_seed(epoch_seed(config.train.seed, worker.rank, epoch))
     if worker.resident is None:
-        worker.resident = resident_data(data.images, data.labels, device) or False
+        held = resident_data(data.images, data.labels, device) if device.type != "cpu" else None
+        worker.resident = held or False
     resident = worker.resident or None
     rows = epoch_rows(worker, epoch, device if resident is not None else None)
     online = worker.online if config.eval.online_probe else None
