@@ -973,46 +973,128 @@ def plot_generic(rows: Sequence[Row], keys: Sequence[str], stem: Path, metric: s
     return _save(fig, stem)
 
 
+#: Line style and end marker of a trial's curve by its outcome (the colour is its
+#: configuration's): completed solid, stopped early dashed with an x where it stopped.
 _CURVE_STYLE = {
-    "completed": {"color": "tab:blue", "linestyle": "-", "marker": None},
-    "stopped": {"color": "tab:orange", "linestyle": "--", "marker": "x"},
-    "diverged": {"color": "tab:red", "linestyle": ":", "marker": "v"},
-    "failed": {"color": "tab:gray", "linestyle": ":", "marker": "s"},
-    "interrupted": {"color": "tab:purple", "linestyle": "-.", "marker": "|"},
-    "running": {"color": "tab:green", "linestyle": "-", "marker": ">"},
+    "completed": {"linestyle": "-", "marker": None},
+    "stopped": {"linestyle": "--", "marker": "x"},
+    "diverged": {"linestyle": ":", "marker": "v"},
+    "failed": {"linestyle": ":", "marker": "s"},
+    "interrupted": {"linestyle": "-.", "marker": "|"},
+    "running": {"linestyle": (0, (1, 1)), "marker": ">"},
 }
 
 
-def plot_learning_curves(
-    rows: Sequence[Row], histories: dict[str, list[tuple[int, float]]], stem: Path, metric: str
-) -> list[Path]:
-    """The early-stopping picture: metric vs epoch for every trial; stopped trials dashed and
-    marked where they stopped, diverged/failed ones marked at their last epoch."""
-    fig = Figure(figsize=(7, 4.5))
+def _colours(n: int) -> list[Any]:
+    """``n`` distinct colours: the tab10 / tab20 palettes, evenly spaced viridis beyond 20."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return list(colormaps["tab10"].colors[:n])
+    if n <= 20:
+        return list(colormaps["tab20"].colors[:n])
+    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
+def learning_curves_figure(
+    rows: Sequence[Row],
+    histories: dict[str, list[tuple[int, float]]],
+    varying_keys: Sequence[str],
+    metric: str,
+) -> Figure:
+    """The early-stopping picture: ``metric`` against epoch for every trial, a point at each
+    epoch in ``histories`` (the measured ones: ``tracking.load_results`` leaves out the values
+    a trial carried between evaluations).
+
+    One colour per configuration (``configuration_keys`` of ``varying_keys``; its replicates
+    share it), named in the legend as the report's tables name it (``configuration_label``);
+    line style by outcome (``_CURVE_STYLE``: completed solid, stopped early dashed and marked x
+    where it stopped), explained in a second legend.
+    """
+    keys = configuration_keys(varying_keys)
+    configs = _sorted_configs(rows, keys)
+    colours = dict(zip(configs, _colours(len(configs)), strict=True))
+    fig = Figure(figsize=(7 + (3.5 if keys else 0), 4.5))
     ax = fig.add_subplot()
-    seen: set[str] = set()
+    statuses: set[str] = set()
+    drawn: list[tuple[Any, ...]] = []
     for row in rows:
         points = histories.get(row["run_id"]) or []
         if not points:
             continue
+        config = tuple(row.get(k) for k in keys)
         style = _CURVE_STYLE.get(row["status"], _CURVE_STYLE["running"])
         epochs, values = zip(*points, strict=True)
-        ax.plot(epochs, values, color=style["color"], linestyle=style["linestyle"], alpha=0.8)
+        colour = colours[config]
+        ax.plot(
+            epochs, values, color=colour, linestyle=style["linestyle"], marker="o", ms=3, alpha=0.85
+        )
         if style["marker"]:
-            ax.plot(epochs[-1], values[-1], marker=style["marker"], color=style["color"], ms=8)
-        seen.add(row["status"])
-    handles = [
-        Line2D([], [], color=s["color"], linestyle=s["linestyle"], marker=s["marker"], label=name)
+            ax.plot(epochs[-1], values[-1], marker=style["marker"], color=colour, ms=9, ls="")
+        statuses.add(row["status"])
+        drawn.append(config)
+    status_handles = [
+        Line2D([], [], color="black", linestyle=s["linestyle"], marker=s["marker"], label=name)
         for name, s in _CURVE_STYLE.items()
-        if name in seen
+        if name in statuses
     ]
-    if handles:
-        ax.legend(handles=handles, fontsize=8)
+    shown = [c for c in configs if c in drawn]
+    legend_style = {"fontsize": 7, "title_fontsize": 8}
+    if keys and shown:
+        if status_handles:  # an extra artist: tight_layout makes room for ax.legend_ only
+            ax.add_artist(
+                ax.legend(
+                    handles=status_handles,
+                    title="outcome",
+                    loc="lower left",
+                    bbox_to_anchor=(1.02, 0.0),
+                    **legend_style,
+                )
+            )
+        config_handles = [
+            Line2D([], [], color=colours[c], marker="o", ms=3, label=configuration_label(c, keys))
+            for c in shown
+        ]
+        ax.legend(
+            handles=config_handles,
+            title="configuration",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            ncols=1 if len(shown) <= 18 else 2,
+            **legend_style,
+        )
+    elif status_handles:
+        ax.legend(handles=status_handles, title="outcome", **legend_style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title("Every trial by epoch (stopped early: dashed, x)")
-    return _save(fig, stem)
+    ax.set_ylabel(f"{metric} (measured epochs)")
+    ax.set_title("Every trial by epoch")
+    return fig
+
+
+def _sorted_configs(rows: Sequence[Row], keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The configurations of ``rows`` in a stable order (each key's values sorted)."""
+    configs = list(dict.fromkeys(tuple(row.get(k) for k in keys) for row in rows))
+    return sorted(configs, key=lambda c: tuple(_order(v) for v in c))
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """A sort key that puts numbers first, by value, then everything else by its text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, format_value(value))
+
+
+def plot_learning_curves(
+    rows: Sequence[Row],
+    histories: dict[str, list[tuple[int, float]]],
+    stem: Path,
+    metric: str,
+    varying_keys: Sequence[str] = (),
+) -> list[Path]:
+    """``learning_curves_figure`` written as ``stem.png`` and ``stem.svg``."""
+    return _save(learning_curves_figure(rows, histories, varying_keys, metric), stem)
 
 
 def choose_figures(
@@ -1057,7 +1139,7 @@ def draw_figures(results: SweepResults, fig_dir: Path, metric: str) -> list[Path
         stem = fig_dir / _file_stem(name)
         if name == "learning_curves":
             if any(results.histories.values()):
-                paths += plot_learning_curves(rows, results.histories, stem, metric)
+                paths += plot_learning_curves(rows, results.histories, stem, metric, keys)
         elif not has_data:
             continue
         elif name == "augmentation_matrix":
@@ -1456,13 +1538,21 @@ def summary_markdown(
         for m in shown_metrics(FINAL_METRICS, results.num_classes)
         if m != metric and any(r.get(m) is not None for r in comparable(rows))
     ]
-    best = best_configurations(rows, keys, metric, mode, also=shown)
+    config_keys = configuration_keys(keys)  # replicates (seeds) are averaged, as in figures
+    best = best_configurations(rows, config_keys, metric, mode, also=shown)
     if any(stats[metric] for _, stats in best):
-        header = ["rank", *(f"`{k}`" for k in keys), "n", f"`{metric}`", *(f"`{m}`" for m in shown)]
+        header = [
+            "rank",
+            *(f"`{k}`" for k in config_keys),
+            "n",
+            f"`{metric}`",
+            *(f"`{m}`" for m in shown),
+        ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for place, (key, stats) in enumerate(best, 1):
             n = stats[metric].n if stats[metric] else 0
-            cells = [str(place), *(_cell(v) for v in key), str(n), _fmt(stats[metric])]
+            values = (_cell(format_value(v)) for v in key)  # written as configuration_label does
+            cells = [str(place), *values, str(n), _fmt(stats[metric])]
             cells += [_fmt(stats.get(m)) for m in shown]
             lines.append("| " + " | ".join(cells) + " |")
     else:

@@ -3,6 +3,7 @@ tables, figures, findings and summary built from a results table (``report``).""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.legend import Legend
 from mlflow import MlflowClient
 from scipy import stats
 
@@ -25,7 +28,10 @@ from ablate.report import (
     check_findings,
     check_head_order,
     choose_figures,
+    configuration_keys,
+    configuration_label,
     format_comparison,
+    learning_curves_figure,
     plot_generic,
     plot_temperature,
     replicate_std,
@@ -33,7 +39,14 @@ from ablate.report import (
     summary_markdown,
     write_results_table,
 )
-from ablate.tracking import SweepTracker, default_tracking_uri, publish_report
+from ablate.tracking import (
+    VIEW_KEY,
+    SweepTracker,
+    default_tracking_uri,
+    load_results,
+    publish_report,
+    sweep_page,
+)
 from ablate.vocabulary import trial_outcome
 from entrypoints.report import main as report_main
 
@@ -588,3 +601,112 @@ def test_report_is_pure_of_mlflow_and_tracking():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def log_curve_sweep(uri: str, eval_every: int = 2, num_classes: int = 4) -> None:
+    """3 configurations x 2 seeds of 6 epochs, the kNN monitor measured every ``eval_every``
+    epochs and carried in between (as ``train`` reports it); one trial stopped at epoch 3."""
+    tracker = SweepTracker(uri, "curves", execution="e1")
+    configs = [(["crop"], "linear"), (["color"], "linear"), (["crop", "color"], "nonlinear")]
+    with tracker:
+        for c, (ops, head) in enumerate(configs):
+            for seed in (0, 1):
+                varying = {"augment.ops": ops, "model.head": head}
+                config: dict = {
+                    "train": {"epochs": 6, "seed": seed},
+                    "eval": {"eval_every": eval_every},
+                    "data": {"num_classes": num_classes},
+                }
+                for key, value in varying.items():
+                    set_dotted(config, key, value)
+                trial = f"{c}-{seed}"
+                tracker.start_trial(trial, resolve(config), varying, seed)
+                last = 3 if (c, seed) == (0, 1) else 6
+                knn, result = 0.0, {}
+                for epoch in range(1, last + 1):
+                    if epoch % eval_every == 0 or epoch == 6:
+                        knn = 0.2 + 0.1 * c + 0.02 * epoch + 0.01 * seed  # measured
+                    result = {"epoch": epoch, "val/knn_top1": knn, "train/loss": 5.0 - epoch}
+                    if epoch == 6:
+                        result.update(
+                            {"status": "completed", "val/probe_top1": knn, "val/probe_top5": 0.99}
+                        )
+                    tracker.log_epoch(trial, result)
+                outcome = trial_outcome(result, 6)
+                tracker.finish_trial(trial, outcome.status, detail=outcome.detail)
+
+
+def test_learning_curves_one_colour_per_configuration_and_measured_epochs_only(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    log_curve_sweep(uri, eval_every=2)
+    results = load_results(MlflowClient(uri), "curves")
+    # The reader keeps the epochs the monitor was measured at (every 2nd and the last).
+    by_name = {row["run_name"]: results.histories[row["run_id"]] for row in results.rows}
+    assert [e for e, _ in by_name["crop | head=linear | seed=0"]] == [2, 4, 6]
+    assert [e for e, _ in by_name["crop | head=linear | seed=1"]] == [2]  # stopped at 3
+    fig = learning_curves_figure(
+        results.rows, results.histories, results.varying_keys, "val/knn_top1"
+    )
+    (ax,) = fig.axes
+    drawn = [line for line in ax.get_lines() if len(line.get_xdata()) > 0]
+    assert {int(x) for line in drawn for x in line.get_xdata()} <= {2, 4, 6}  # no carried epoch
+    legends = [a for a in ax.get_children() if isinstance(a, Legend)]
+    titles = {legend.get_title().get_text(): legend for legend in legends}
+    keys = configuration_keys(results.varying_keys)
+    labels = [t.get_text() for t in titles["configuration"].get_texts()]
+    expected = {configuration_label([row[k] for k in keys], keys) for row in results.rows}
+    assert len(labels) == 3 and set(labels) == expected
+    assert "augment.ops=crop+color, model.head=nonlinear" in labels  # the tables' words
+    colours = [to_hex(h.get_color()) for h in titles["configuration"].legend_handles]
+    assert len(set(colours)) == 3
+    # Each trial's curve has its configuration's colour; both seeds share it.
+    for row in results.rows:
+        label = configuration_label([row[k] for k in keys], keys)
+        colour = colours[labels.index(label)]
+        (ys,) = [v for _, v in results.histories[row["run_id"]][:1]]
+        assert any(
+            to_hex(line.get_color()) == colour and math.isclose(line.get_ydata()[0], ys)
+            for line in drawn
+        )
+    outcomes = [t.get_text() for t in titles["outcome"].get_texts()]
+    assert outcomes == ["completed", "stopped"]
+    report = build_report(results, tmp_path / "report")
+    assert (tmp_path / "report" / "figures" / "learning_curves.png").exists()
+    assert report.figures
+
+
+def test_top5_columns_only_where_k_is_below_the_number_of_classes(tmp_path):
+    for classes, shown in ((4, False), (8, True)):
+        uri = default_tracking_uri(tmp_path / str(classes))
+        log_curve_sweep(uri, num_classes=classes)
+        results = load_results(MlflowClient(uri), "curves")
+        assert results.num_classes == classes  # from the runs' data params
+        text = summary_markdown(results, [], [], "val/knn_top1")
+        best = text.split("## Best configurations")[1].split("\n## ")[0]
+        assert "`val/probe_top1`" in best
+        assert ("`val/probe_top5`" in best) is shown, best
+    ten = SweepResults("x", "p", results.rows, results.varying_keys, {}, num_classes=10)
+    assert "`val/probe_top5`" in summary_markdown(ten, [], [], "val/knn_top1")
+
+
+def test_experiment_opens_as_model_training_on_the_trials_view(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    log_curve_sweep(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("curves")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == "tags.`ablate.role` = 'trial'"
+    assert state["orderByKey"] == "metrics.`val/knn_top1`" and state["orderByAsc"] is False
+    assert state["selectedColumns"][0] == "metrics.`val/knn_top1`"
+    # The varying keys of the trials became columns as they appeared.
+    assert {"params.`augment.ops`", "params.`model.head`"} <= set(state["selectedColumns"])
+    # The filter of the view selects exactly the trial runs.
+    trials = client.search_runs([experiment.experiment_id], state["searchFilter"])
+    assert len(trials) == 6
+    page = sweep_page(uri, "curves")
+    assert page == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+        f"?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+    )
