@@ -302,7 +302,9 @@ def ray_cluster():
 
     from ablate.sweep import start_local_ray
 
-    start_local_ray(num_cpus=2, log_to_driver=False)
+    # Worker output streams to this driver, as in a real sweep: run_sweep routes it to the
+    # sweep's log file (ablate.console).
+    start_local_ray(num_cpus=2)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -359,7 +361,7 @@ def _wait_for_no_leaks(timeout: float = 30.0) -> tuple[list[str], list[str], lis
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path):
+def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path, capfd):
     from ablate.sweep import run_sweep
 
     # Two trials in a fixed order: 2 classes (an easy kNN) then 8 classes (a hard one). With one
@@ -400,6 +402,32 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path):
     assert [json.loads(line)["epoch"] for line in result_lines.splitlines()] == [1, 2, 3]
     # Stopping a trial tears its worker group down: no actors or placement groups left.
     assert _wait_for_no_leaks() == ([], [], [])
+    # The console: one plain line per trial event (not a TTY), nothing of Ray's own output.
+    out, err = capfd.readouterr()
+    events = {
+        trial["trial_id"]: [
+            line.split(": ", 1)[1].split("  ")[0]
+            for line in out.splitlines()
+            if line.startswith("[") and f"] {trial['trial_id']} " in line
+        ]
+        for trial in (easy, hard)
+    }
+    assert events[easy["trial_id"]] == [
+        "started",
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+        "completed",
+    ]
+    assert events[hard["trial_id"]][:2] == ["started", "epoch 1/3"]
+    assert events[hard["trial_id"]][2].startswith("stopped") and len(events[hard["trial_id"]]) == 3
+    for noise in ("TrainingReport(", "Checkpoint successfully", " E ", "WARNING", "Warning"):
+        assert noise not in out + err, noise
+    # Ray's and Ray Train's lines are in the sweep's log file, which the console names.
+    log = tmp_path / "quickstart" / "logs" / "sweep.log"
+    assert f"log: {log}" in err
+    text = log.read_text()
+    assert "Reporting training result" in text and "trial start-up" in text
 
 
 @pytest.mark.slow
