@@ -1,22 +1,30 @@
-"""Safety: a local Ray listens on loopback only with token auth on, YAML is read with safe
-loading, checkpoints are loaded as weights only, no shell command is built, and every example
-and test binds its servers to 127.0.0.1."""
+"""Safety: a local Ray listens on loopback only with token auth on, and so does a trial's
+process group; YAML is read with safe loading, checkpoints are loaded as weights only, no shell
+command is built, and every example and test binds its servers to 127.0.0.1."""
 
 from __future__ import annotations
 
 import ast
+import multiprocessing
+import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
 import pytest
 import requests
+import torch
+import torch.distributed as dist
 import yaml
 from local_servers import REPO, child_env, cmdline, descendants, kill_pids, listeners_of
 from mlflow.cli import cli as mlflow_cli
 
+from ablate import rendezvous
+from ablate.config import resolve
 from ablate.spec import SpecError, SpecLoader, parse_sweep
 
 CODE_DIRS = ("ablate", "entrypoints")
@@ -176,3 +184,103 @@ def test_local_ray_of_a_plain_shell_listens_on_loopback_only_with_token_auth():
             process.kill()
         kill_pids([p for p in pids | descendants(process.pid) if p != process.pid], grace_s=5)
         process.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------------- process group
+
+
+def _rank(rank: int, ports: multiprocessing.Queue, results: multiprocessing.Queue) -> None:
+    """One rank of a 2-process gloo group met through ``ablate.rendezvous``."""
+    torch.set_num_threads(1)
+    if rank == 0:
+        port = rendezvous.open_store(world_size=2, timeout_s=60)
+        ports.put(port)
+    else:
+        port = ports.get(timeout=60)
+    rendezvous.join_process_group("gloo", rank, 2, port, timeout_s=60)
+    total = torch.tensor([rank + 1.0])
+    dist.all_reduce(total)
+    dist.barrier()  # both ranks' gloo sockets are up while each lists its own
+    sockets = [(entry.address, entry.port) for entry in listeners_of({os.getpid()})]
+    dist.barrier()
+    results.put((rank, total.item(), port, sockets))
+    dist.destroy_process_group()
+    rendezvous.close_store()
+
+
+@pytest.mark.distributed
+def test_the_process_group_rendezvous_listens_on_loopback_only():
+    # Why ablate binds the store's socket itself: torch's own TCPStore server listens on
+    # every interface whatever host it is given.
+    default = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    assert [e.address for e in listeners_of({os.getpid()}) if e.port == default.port] == ["*"]
+    del default
+
+    context = multiprocessing.get_context("spawn")
+    ports, results = context.Queue(), context.Queue()
+    ranks = [context.Process(target=_rank, args=(r, ports, results)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    try:
+        found = sorted(results.get(timeout=120) for _ in ranks)
+    finally:
+        for process in ranks:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert [row[1] for row in found] == [3.0, 3.0]  # the group works: 1 + 2 on both ranks
+    store_port = found[0][2]
+    assert store_port in {port for _, port in found[0][3]}  # rank 0 serves the store
+    for rank, _, _, sockets in found:
+        assert sockets, f"rank {rank}: gloo listens for its peer"
+        assert all(address == "127.0.0.1" for address, _ in sockets), (rank, sockets)
+
+
+@pytest.mark.slow
+def test_a_two_worker_trial_listens_on_loopback_only(tmp_path):
+    """Every listening socket of a local Ray while a 2-worker trial runs, its workers' process
+    group (rendezvous store, gloo) included, is on loopback."""
+    import ray
+
+    from ablate.train import fit_trial
+
+    config = resolve(
+        {
+            "data": {"name": "synthetic", "num_train": 256, "num_test": 64, "synthetic_size": 16},
+            "model": {"arch": "resnet18", "width": 4, "out_dim": 16},
+            "optim": {"name": "sgd", "base_lr": 0.05, "warmup_epochs": 0},
+            "train": {"epochs": 2, "batch_size": 64},
+            "eval": {"knn_k": 5, "probe": {"max_iter": 5}},
+            "resources": {"num_workers": 2},
+        }
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["history"] = fit_trial(config, storage_path=str(tmp_path), name="sockets")
+        except BaseException as error:  # re-raised below, in the test's thread
+            outcome["error"] = error
+
+    seen = set()
+    try:
+        trial = threading.Thread(target=fit)
+        trial.start()
+        while trial.is_alive():
+            for entry in listeners_of(descendants(os.getpid())):
+                seen.add((entry.address, entry.port, entry.pid, cmdline(entry.pid)))
+            time.sleep(0.25)
+    finally:
+        ray.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+    assert outcome["history"][-1]["status"] == "completed"
+    workers = {
+        (address, port, pid) for address, port, pid, line in seen if "RayTrainWorker" in line
+    }
+    # Besides Ray's own port, each worker listens for its gloo peer and rank 0 serves the store.
+    assert len({pid for _, _, pid in workers}) == 2, workers
+    assert len(workers) >= 5, workers
+    exposed = sorted(entry for entry in seen if entry[0] not in ("127.0.0.1", "::ffff:127.0.0.1"))
+    assert exposed == [], exposed
