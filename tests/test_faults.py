@@ -160,9 +160,8 @@ def test_faults_stay_in_their_trial_and_a_killed_driver_resumes_with_nothing_los
             args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        # While trials run: every port of Ray's own processes is on loopback. (A trial's rank-0
-        # worker also holds torch.distributed's rendezvous store, which torch binds to every
-        # interface with no option to narrow it: see the README.)
+        # While trials run: every port of Ray's processes is on loopback, the trials' workers
+        # (their process group's rendezvous store and gloo sockets) included.
         def train_worker_running() -> bool:
             return any(
                 cmdline(p).startswith("ray::RayTrainWorker") for p in descendants(driver.pid)
@@ -171,11 +170,7 @@ def test_faults_stay_in_their_trial_and_a_killed_driver_resumes_with_nothing_los
         _wait(train_worker_running, 240, "a Ray Train worker to start", first_log, driver)
         print(f"train worker up at {time.monotonic() - started:.0f} s")
         ray_processes = identities(descendants(driver.pid) - {driver.pid})
-        sockets = [
-            entry
-            for entry in listeners_of(ray_processes)
-            if not cmdline(entry.pid).startswith("ray::RayTrainWorker")
-        ]
+        sockets = listeners_of(ray_processes)
         processes = {entry.process for entry in sockets}
         assert {"gcs_server", "raylet"} <= processes, sockets
         assert [entry for entry in sockets if not entry.loopback] == [], sockets
