@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from ablate.preflight import (
@@ -433,7 +434,9 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path, capfd):
 @pytest.mark.slow
 def test_run_sweep_as_a_library_tracks_and_reports(ray_cluster, tmp_path):
     """Without the entrypoint, run_sweep logs to the spec's tracking.uri / tracking.experiment
-    and writes the report beside the results."""
+    and writes the report beside the results; with replicates: 2 the report has the
+    comparisons table, the forest and importance figures and findings with CIs, and MLflow
+    holds them (and the importance metrics)."""
     from mlflow import MlflowClient
 
     from ablate.sweep import run_sweep
@@ -446,7 +449,8 @@ def test_run_sweep_as_a_library_tracks_and_reports(ray_cluster, tmp_path):
         f"tracking.uri={uri}",
         "tracking.experiment=library-exp",
         "space.augment.ops={grid: [[crop, color]]}",
-        "space.model.head={grid: [linear]}",
+        "space.model.head={grid: [linear, nonlinear]}",
+        "replicates=2",
         "scheduler.name=fifo",
     ]
     done = run_sweep(QUICKSTART, overrides=overrides)
@@ -456,13 +460,31 @@ def test_run_sweep_as_a_library_tracks_and_reports(ray_cluster, tmp_path):
     experiment = client.get_experiment_by_name("library-exp")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.data.tags.get("ablate.role") for r in runs) == ["sweep", "trial"]
+    assert sorted(r.data.tags.get("ablate.role") for r in runs) == ["sweep", *["trial"] * 4]
     trial = next(r for r in runs if r.data.tags.get("ablate.role") == "trial")
     assert trial.info.status == "FINISHED" and trial.data.tags["ablate.status"] == "completed"
     assert "val/knn_top1" in trial.data.metrics
     report = Path(done.report_path)
     assert report.is_file() and report.parent == tmp_path / "quickstart" / "report"
     assert json.loads(Path(done.summary_path).read_text())["rows"] == done.rows
+    # How sure: every configuration against the best, paired over the 2 seeds.
+    comparisons = pq.read_table(report.parent / "comparisons.parquet").to_pylist()
+    assert sorted(r["test"] for r in comparisons) == ["best", "paired t"]
+    other = next(r for r in comparisons if r["test"] == "paired t")
+    assert other["n_pairs"] == 2 and other["ci_low"] <= other["diff"] <= other["ci_high"]
+    text = report.read_text()
+    assert "## Tied for best" in text and "## Which keys matter" in text
+    assert "nonlinear − linear: " in text and "[95% CI " in text and "(paired t, 2 seeds)" in text
+    for stem in ("comparisons_forest", "importance"):
+        assert (report.parent / "figures" / f"{stem}.png").stat().st_size > 1000
+    parent = next(r for r in runs if r.data.tags.get("ablate.role") == "sweep")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/comparisons.parquet", "report/summary.md"} <= logged
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report/figures")}
+    assert {"report/figures/comparisons_forest.svg", "report/figures/importance.png"} <= figures
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert 0.0 <= metrics["importance/model.head"] <= 1.0
+    assert "importance/seed_noise" in metrics
 
 
 @pytest.mark.slow
