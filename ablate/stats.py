@@ -200,7 +200,10 @@ class Comparison:
 
 def _hedges_factor(df: float) -> float:
     """Hedges' small-sample bias correction J(df) = Γ(df/2) / (√(df/2) Γ((df-1)/2))
-    (Hedges 1981), computed with ``scipy.special.gammaln``."""
+    (Hedges 1981), computed with ``scipy.special.gammaln``. J(1) is 0 (Γ(0) is infinite),
+    which would erase every effect measured on two seeds, so df < 2 is left uncorrected."""
+    if df < 2:
+        return 1.0
     return math.exp(gammaln(df / 2) - gammaln((df - 1) / 2)) / math.sqrt(df / 2)
 
 

@@ -181,6 +181,15 @@ def test_undecided_comparison_names_the_seeds_to_add():
     assert in_family.add_seeds > v.add_seeds
 
 
+def test_two_seeds_still_size_the_seeds_to_add():
+    # Hedges' J(1) is 0: applied at two seeds it would erase the effect and leave nothing to
+    # size; two seeds keep the uncorrected d_z.
+    c = stats.compare({0: 0.50, 1: 0.52}, {0: 0.48, 1: 0.49})
+    assert c.n == 2 and c.effect_size == pytest.approx(0.025 / np.std([0.02, 0.03], ddof=1))
+    v = stats.verdict(c, "greater")
+    assert v.label == "undecided" and v.add_seeds == stats.seeds_needed(c.effect_size) - 2 > 0
+
+
 def test_samples_by_config_filters_pairs_and_averages_shared_seeds():
     rows = [
         {"ops": "crop", "seed": 0, "status": "completed", "m": 0.5},
