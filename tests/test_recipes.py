@@ -24,7 +24,7 @@ PAPER_SWEEPS = sorted((ROOT / "search_spaces").glob("simclr_*.yaml"))
 SPEC = """
 name: recipe_test
 recipe: lightly_cifar10
-data: {name: synthetic, num_train: 64, num_test: 16}
+data: {name: synthetic, num_train: 1024, num_test: 16}
 loss: {temperature: 0.2}
 space:
   model.head: {grid: [linear, nonlinear]}

@@ -86,11 +86,14 @@ def test_cifar_specs_use_the_papers_cifar_settings():
         if name == "quickstart.yaml":
             continue
         sweep = load_sweep(SPACES / name)
+        from ablate.recipes import RECIPES  # the sweeps' base is the recipe they name
+
+        optim = RECIPES[sweep.spec.recipe].overrides["optim"]
         for config in sweep.configs():
             assert config["augment"]["color"]["strength"] == 0.5
             assert "blur" not in config["augment"]["ops"] or name.startswith("simclr_fig5")
-            assert config["optim"]["name"] == "lars"
-            assert config["optim"]["weight_decay"] == 1e-6
+            assert config["optim"]["name"] == optim["name"]
+            assert config["optim"]["weight_decay"] == optim["weight_decay"]
             assert config["model"]["stem"] == "cifar"
             assert config["resources"]["gpus_per_worker"] > 0
 
