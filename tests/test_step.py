@@ -25,6 +25,7 @@ from torch import nn
 from ablate.config import TrialConfig, resolve
 from ablate.data import shard_indices
 from ablate.loss import contrastive_top1
+from ablate.probe import OnlineProbe
 from ablate.train import (
     DIVERGENCE_CHECK_EVERY,
     autocast_dtype,
@@ -206,6 +207,26 @@ def test_a_poisoned_epoch_diverges_at_its_first_step_and_changes_no_weight():
     for key, value in worker.parts.model.state_dict().items():
         if "running" not in key and "num_batches" not in key:  # BN statistics: forward only
             assert torch.equal(value, start[key]), key
+
+
+def test_online_probe_step_is_undone_on_the_device_when_not_ok():
+    """ok=True: the plain step; ok=False (NaN features): weights, momentum and BatchNorm
+    statistics keep their values, on the first step and on a later one."""
+    torch.manual_seed(0)
+    h, labels = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    masked, plain = OnlineProbe(8, 3), OnlineProbe(8, 3)
+    nan = torch.full_like(h, float("nan"))
+    for step in range(3):
+        before = [t.clone() for t in masked._state_tensors()]
+        masked.step(nan, labels, ok=torch.tensor(False))
+        after = masked._state_tensors()
+        assert len(after) >= len(before) and all(
+            torch.equal(a, b) for a, b in zip(after, before, strict=False)
+        ), step
+        masked.step(h + step, labels, ok=torch.tensor(True))
+        plain.step(h + step, labels)
+        for a, b in zip(masked._state_tensors(), plain._state_tensors(), strict=True):
+            assert torch.equal(a, b), step
 
 
 # ----------------------------------------------------------------------------- rows
