@@ -328,6 +328,8 @@ class StepResult:
     #: 0-dim bool on the device: the loss was finite on every worker (else nothing was
     #: updated: model, optimiser state and online probe keep their values)
     finite: torch.Tensor
+    #: ``finite`` as the host read it, when it did (not ``parts.device_skip``); else None
+    host_finite: bool | None = None
 
 
 def pretraining_step(
@@ -354,11 +356,12 @@ def pretraining_step(
         step_loss = step_loss * float("nan")
     finite = agreed_finite(step_loss)
     has_probe = online is not None and labels is not None
+    host_finite = None
     if parts.device_skip:
         optimizer_step(parts, step_loss, ok=finite)
         if has_probe:
             online.step(h[: len(images)], labels, ok=finite)
-    elif finite.item():
+    elif host_finite := bool(finite.item()):
         optimizer_step(parts, step_loss)
         if has_probe:
             online.step(h[: len(images)], labels)
@@ -366,6 +369,7 @@ def pretraining_step(
         loss=step_loss.detach(),
         contrastive_top1=contrastive_top1(z1.detach(), z2.detach()),
         finite=finite,
+        host_finite=host_finite,
     )
 
 
@@ -580,7 +584,6 @@ def run_epoch(
     resident = worker.resident or None
     rows = epoch_rows(worker, epoch, device if resident is not None else None)
     online = worker.online if config.eval.online_probe else None
-    check_every = DIVERGENCE_CHECK_EVERY if parts.device_skip else 1
     epoch_start = time.time()
     loss_sum = top1_sum = torch.zeros((), device=device)
     steps_done = torch.zeros((), dtype=torch.int64, device=device)
@@ -609,7 +612,10 @@ def run_epoch(
         loss_sum = loss_sum + torch.where(healthy, result.loss, 0.0)
         top1_sum = top1_sum + torch.where(healthy, result.contrastive_top1, 0.0)
         steps_done = steps_done + healthy.long()
-        if (step + 1) % check_every == 0 and not healthy.item():
+        if result.host_finite is not None:  # read by the step already: no second wait
+            if not result.host_finite:
+                break
+        elif (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not healthy.item():
             break
     diverged = ""
     if not healthy.item():  # waits for the device
