@@ -60,7 +60,12 @@ from ablate.vocabulary import format_value
 
 
 def _trial_function(train_storage_path: str, dataset_refs: dict[str, Any]) -> Any:
-    """The Tune function trainable of this sweep (closes over where Train runs are stored)."""
+    """The Tune function trainable of this sweep (closes over where Train runs are stored).
+
+    ``fit_trial`` names nothing of this module: Ray pickles it by value, and a reference to
+    one of this module's names would make every trial actor import this module and, through
+    ``ablate.stats``, scipy (about 1 s of each trial's start-up).
+    """
 
     def fit_trial(param: dict[str, Any]) -> None:
         launched_at = time.time()
@@ -70,7 +75,8 @@ def _trial_function(train_storage_path: str, dataset_refs: dict[str, Any]) -> An
         from ablate.train import build_trainer
 
         trial_id = tune.get_context().get_trial_id()
-        ref = dataset_refs.get(_data_key(param["config"]["data"]))
+        # _data_key's key, spelled out (see the docstring)
+        ref = dataset_refs.get(json.dumps(param["config"]["data"], sort_keys=True))
         trainer = build_trainer(
             param["config"],
             storage_path=train_storage_path,
