@@ -28,6 +28,7 @@ from ablate.loss import contrastive_top1
 from ablate.probe import OnlineProbe
 from ablate.train import (
     DIVERGENCE_CHECK_EVERY,
+    agreed_finite,
     autocast_dtype,
     build_worker,
     compiled,
@@ -227,6 +228,41 @@ def test_online_probe_step_is_undone_on_the_device_when_not_ok():
         plain.step(h + step, labels)
         for a, b in zip(masked._state_tensors(), plain._state_tensors(), strict=True):
             assert torch.equal(a, b), step
+
+
+def _agreed_on_rank(rank: int, port: int, losses: list[float], results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(losses)
+    )
+    try:
+        results.put((rank, bool(agreed_finite(torch.tensor(losses[rank])))))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("losses", "agreed"), [([1.0, 2.0], True), ([1.0, float("nan")], False)])
+def test_finiteness_is_agreed_by_every_worker(losses, agreed):
+    """Two gloo processes: one worker's NaN makes both skip the step."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [
+        context.Process(target=_agreed_on_rank, args=(rank, port, losses, results))
+        for rank in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    got = dict(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    assert got == {0: agreed, 1: agreed}
 
 
 # ----------------------------------------------------------------------------- rows
