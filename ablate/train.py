@@ -617,14 +617,16 @@ def run_epoch(
                 break
         elif (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not healthy.item():
             break
+    # One read of everything the epoch reports (waits for the device); stacked as fp32, which
+    # holds the fp32 sums and the step numbers (< 2**24) exactly.
+    read = torch.stack([healthy, first_bad, bad_loss, loss_sum, top1_sum, steps_done])
+    all_finite, bad_step, bad_value, *local_sums = read.tolist()
     diverged = ""
-    if not healthy.item():  # waits for the device
-        bad_step = int(first_bad.item())
+    if not all_finite:
         diverged = (
-            f"non-finite loss ({bad_loss.item()}) at epoch {epoch}, step {bad_step + 1}; "
-            f"lr={lrs[bad_step]:.4g}"
+            f"non-finite loss ({bad_value}) at epoch {epoch}, step {int(bad_step) + 1}; "
+            f"lr={lrs[int(bad_step)]:.4g}"
         )
-    local_sums = [loss_sum.item(), top1_sum.item(), float(steps_done.item())]
     seconds = time.time() - epoch_start
     total_loss, total_top1, total_steps = _all_reduce_sum(local_sums, device)
     return EpochResult(
