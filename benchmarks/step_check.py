@@ -3,7 +3,8 @@
 On ``--device`` (default: CUDA when present), with the loop's own ``run_epoch``:
 
 * ``counts``: per step (an epoch of 6 steps, its end included), under ``torch.profiler``:
-  host reads of device values (``aten::_local_scalar_dense``: ``.item()``, ``bool()``), ops
+  host reads of device values (``aten::_local_scalar_dense``: ``.item()``, ``bool()``; the
+  epoch's one ``tolist()`` at its end is not an op: on CUDA it shows as a copy + sync), ops
   dispatched, and on CUDA kernel launches, ``cudaMemcpy*`` calls and synchronisations; for
   the step as it was (host gather + copy, flag read every step: ``device_skip`` False, no
   resident rows) and as it is now on the device (on the CPU "now" is the same path unless
