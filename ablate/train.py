@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from ablate import vocabulary
-from ablate.config import TrialConfig
+from ablate.config import ConfigurationError, TrialConfig
 from ablate.faults import FaultInjector
 
 # ----------------------------------------------------------------------------- helpers
@@ -407,20 +407,19 @@ def build_worker(
     """Seed, load and split the data, build the model, optimiser and online probe of ``config``
     for worker ``rank`` of ``world_size`` (``runtime``: see ``train_loop_per_worker``).
 
-    Raises ValueError when one step's batch exceeds the pretraining set.
+    Raises ``ConfigurationError`` (``data.check_batch``) when one step's batch exceeds the
+    pretraining set.
     """
     from ablate import probe
 
     device = device or torch.device("cpu")
     torch.manual_seed(config.train.seed)
     data = prepare_data(config, runtime)
+    from ablate.data import check_batch
+
     local_batch = config.train.batch_size // world_size
+    check_batch((len(data.pretrain_idx), len(data.val_idx)), config.train.batch_size, world_size)
     steps_per_epoch = len(data.pretrain_idx) // world_size // local_batch
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"train.batch_size={config.train.batch_size} is larger than the pretraining set "
-            f"({len(data.pretrain_idx)} images after the validation split)"
-        )
     if config.train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
     parts = build_pretraining(config, data.mean, data.std, device, steps_per_epoch)
@@ -658,7 +657,7 @@ def evaluate(worker: Worker, epoch: int) -> tuple[dict[str, float], dict[str, fl
         results = final_evaluation(worker)
         monitors = {k: v for k, v in results.items() if k in vocabulary.MONITOR_METRICS}
         return monitors, results
-    if epoch % config.eval.eval_every == 0:
+    if vocabulary.monitor_measured(epoch, config.train.epochs, config.eval.eval_every):
         return validation_monitors(worker), {}
     return {}, {}
 
@@ -838,6 +837,19 @@ def report(worker: Worker, state: TrialState, metrics: dict[str, Any], save: boo
     return name
 
 
+def configuration_failure(error: Exception) -> dict[str, Any]:
+    """The one report of a trial whose config or data cannot run (``ConfigurationError``,
+    ``DataError``: deterministic, so not retried): ``status: failed`` and the message
+    as ``reason`` (``vocabulary.trial_outcome`` reads it), epoch 0 and NaN monitors (Tune
+    checks that every result holds the ranking metric)."""
+    return {
+        "epoch": 0,
+        **{metric: float("nan") for metric in vocabulary.MONITOR_METRICS},
+        "status": "failed",
+        "reason": str(error),
+    }
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -883,19 +895,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     import ray.train
     import ray.train.torch
 
+    from ablate.data import DataError
+
     config = TrialConfig.model_validate(loop_config["config"])
     runtime = loop_config.get("runtime", {})
     launched_at = runtime.get("launched_at") or time.time()
     startup = StartupTimes(launched_at, runtime.get("fit_at"))
     context = ray.train.get_context()
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
-    worker = build_worker(
-        config,
-        runtime,
-        context.get_world_rank(),
-        context.get_world_size(),
-        worker_device(ray.train.torch.get_device(), torch.cuda.is_available()),
-    )
+    try:
+        worker = build_worker(
+            config,
+            runtime,
+            context.get_world_rank(),
+            context.get_world_size(),
+            worker_device(ray.train.torch.get_device(), torch.cuda.is_available()),
+        )
+    except (ConfigurationError, DataError) as error:
+        # Every worker fails alike: report it and return, so that Ray Train's FailureConfig
+        # does not restart a worker group that cannot run (a crash would be retried).
+        failed = configuration_failure(error)
+        ray.train.report(failed)
+        return [failed]
     startup.mark("data + model")
     resumed = resume(worker)
     state = resumed or TrialState()
