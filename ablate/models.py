@@ -4,13 +4,11 @@
 removed) and ``z = g(h)`` is what the contrastive loss sees. The head is the axis of the paper's
 Figure 8: ``none`` (z = h), ``linear`` and ``nonlinear`` (one hidden layer with BatchNorm/ReLU).
 
-The encoders are torchvision's ResNet-18/34/50 (``torchvision.models.resnet``: its
-``BasicBlock`` and ``Bottleneck``, restated here) with every stage width scaled by ``width / 64``
-(torchvision's ``ResNet`` class hard-codes 64 and its ``width_per_group`` only widens a
-bottleneck's inner convolutions), so ``width=64`` is exactly torchvision's architecture, with
-identical parameter names, and loads its ImageNet weights. The blocks are restated rather than
-imported because importing torchvision costs every trial's worker about 1.2 s (it imports
-``torch._dynamo``); torchvision is imported only to fetch ImageNet weights.
+The encoders are torchvision's ResNet-18/34/50 built from torchvision's own ``BasicBlock`` and
+``Bottleneck`` with every stage width scaled by ``width / 64`` (torchvision's ``ResNet`` class
+hard-codes 64 and its ``width_per_group`` only widens a bottleneck's inner convolutions), so
+``width=64`` is exactly torchvision's architecture, with identical parameter names, and loads
+its ImageNet weights.
 """
 
 from __future__ import annotations
@@ -21,84 +19,25 @@ import warnings
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, WeightsEnum
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from ablate.config import ModelConfig
 
-TORCHVISION_WIDTH = 64
-
-
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """torchvision's ``conv3x3`` (groups=1, dilation=1): 3x3, padding 1, no bias."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """torchvision's ``conv1x1``: 1x1, no bias."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ``BasicBlock`` (ResNet-18/34): two 3x3 convolutions and the shortcut."""
-
-    expansion = 1
-
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    """torchvision's ``Bottleneck`` (ResNet-50, "ResNet V1.5": the stride is on the 3x3)."""
-
-    expansion = 4
-
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-#: arch -> (block, blocks per stage, name of torchvision's ImageNet weights).
-RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], str]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2), "ResNet18_Weights.IMAGENET1K_V1"),
-    "resnet34": (BasicBlock, (3, 4, 6, 3), "ResNet34_Weights.IMAGENET1K_V1"),
-    "resnet50": (Bottleneck, (3, 4, 6, 3), "ResNet50_Weights.IMAGENET1K_V1"),
+#: arch -> (block, blocks per stage, torchvision ImageNet weights).
+RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], WeightsEnum]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), ResNet50_Weights.IMAGENET1K_V1),
 }
+TORCHVISION_WIDTH = 64
 
 
 class ResNetEncoder(nn.Module):
     """A torchvision ResNet without its classifier: ``(B, 3, H, W) -> h (B, feat_dim)``.
 
     Args:
-        block: ``BasicBlock`` or ``Bottleneck`` (torchvision's, restated above).
+        block: torchvision's ``BasicBlock`` or ``Bottleneck``.
         layers: blocks in each of the four stages, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         width: channels of the first stage (torchvision: 64); stage k has ``width * 2**k``
             planes, so ``feat_dim = 8 * width * block.expansion`` (512 or 2048 at width 64).
@@ -164,9 +103,7 @@ class ResNetEncoder(nn.Module):
 
 def _imagenet_state_dict(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet weights of ``cfg.arch`` from the torch hub cache (or downloaded)."""
-    from torchvision.models import get_weight  # only here: see the module docstring
-
-    weights = get_weight(RESNETS[cfg.arch][2])
+    weights = RESNETS[cfg.arch][2]
     hub_checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
     cached = os.path.join(hub_checkpoints, os.path.basename(weights.url))
     try:
