@@ -6,7 +6,7 @@ can hold one trial's worker group (``preflight.check_cluster``), runs every tria
 ``ablate.spec.SweepPlan`` through ``ray.tune.Tuner``, logs the sweep to MLflow as the spec's
 ``tracking.*`` settings say (``ablate.tracking``) and writes its report:
 
-* Each trial is ``fit_trial``: it builds a ``TorchTrainer`` with ``ablate.train.build_trainer``
+* Each trial is ``tune_trial``: it builds a ``TorchTrainer`` with ``ablate.train.build_trainer``
   and calls ``fit()`` (the Train V2 pattern; Tune no longer accepts trainers). Ray Train's
   ``TuneReportCallback`` forwards every epoch's rank-0 report to Tune, so ASHA sees
   ``epoch`` and ``val/knn_top1`` as they happen.
@@ -62,12 +62,12 @@ from ablate.vocabulary import format_value
 def _trial_function(train_storage_path: str, dataset_refs: dict[str, Any]) -> Any:
     """The Tune function trainable of this sweep (closes over where Train runs are stored).
 
-    ``fit_trial`` names nothing of this module: Ray pickles it by value, and a reference to
+    ``tune_trial`` names nothing of this module: Ray pickles it by value, and a reference to
     one of this module's names would make every trial actor import this module and, through
     ``ablate.stats``, scipy (about 1 s of each trial's start-up).
     """
 
-    def fit_trial(param: dict[str, Any]) -> None:
+    def tune_trial(param: dict[str, Any]) -> None:
         launched_at = time.time()
         # Imported here: the trial actor needs them, the driver's import path does not.
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -87,7 +87,7 @@ def _trial_function(train_storage_path: str, dataset_refs: dict[str, Any]) -> An
         )
         trainer.fit()
 
-    return fit_trial
+    return tune_trial
 
 
 def _trial_name(trial: Any) -> str:
