@@ -637,10 +637,14 @@ def check_findings(
 CONFIGURATION = "configuration"
 
 
-def configuration_keys(varying_keys: Sequence[str]) -> list[str]:
+def configuration_keys(varying_keys: Sequence[str], rows: Sequence[Row] = ()) -> list[str]:
     """The keys that make a configuration: the varying keys except ``train.seed`` (seeds are
-    the replicates every configuration is paired by)."""
-    return [k for k in varying_keys if k != "train.seed"]
+    the replicates every configuration is paired by) and, given the ``rows``, except keys that
+    take one value in all of them (a grid of one value names no difference)."""
+    keys = [k for k in varying_keys if k != "train.seed"]
+    if not rows:
+        return keys
+    return [k for k in keys if len({format_value(r.get(k)) for r in rows}) > 1]
 
 
 def configuration_label(values: Sequence[Any], keys: Sequence[str]) -> str:
@@ -716,7 +720,7 @@ def assess(
 ) -> Confidence:
     """The ``Confidence`` of a results table: pure, tolerant of missing metrics, failed trials,
     one replicate and nothing varying (the parts that cannot be computed are None / empty)."""
-    keys = configuration_keys(varying_keys)
+    keys = configuration_keys(varying_keys, rows)
 
     def label(row: Row) -> str:
         return configuration_label([row.get(k) for k in keys], keys)
@@ -1011,7 +1015,7 @@ def learning_curves_figure(
     line style by outcome (``_CURVE_STYLE``: completed solid, stopped early dashed and marked x
     where it stopped), explained in a second legend.
     """
-    keys = configuration_keys(varying_keys)
+    keys = configuration_keys(varying_keys, rows)
     configs = _sorted_configs(rows, keys)
     colours = dict(zip(configs, _colours(len(configs)), strict=True))
     fig = Figure(figsize=(7 + (3.5 if keys else 0), 4.5))

@@ -466,6 +466,18 @@ def test_tied_set_comparisons_importance_and_synergy(tmp_path):
     assert {"comparisons_forest.png", "comparisons_forest.svg", "importance.svg"} <= names
 
 
+def test_a_key_swept_over_one_value_names_no_configuration(tmp_path):
+    """model.head listed in the space with one value: labels, tables and importance show only
+    the key that varies (a one-value key explains nothing and only lengthens every label)."""
+    rows = reps({("crop",): 0.30, ("crop", "color"): 0.40}, **{"model.head": "linear"})
+    assert configuration_keys(["augment.ops", "model.head"], rows) == ["augment.ops"]
+    assert configuration_keys(["augment.ops", "model.head"]) == ["augment.ops", "model.head"]
+    report = build_report(SweepResults("e", "p", rows, ["augment.ops", "model.head"]), tmp_path)
+    assert set(report.confidence.importance.main) == {"augment.ops"}
+    assert report.confidence.best.best == "crop+color"
+    assert "model.head=linear" not in report.summary_path.read_text()
+
+
 def test_report_survives_one_replicate_no_keys_and_no_metric(tmp_path):
     ids = {"status_detail": "", "run_name": "a", "run_id": "a"}
     completed = row(score=0.5) | {"seed": 0, "replicate": 0} | ids
