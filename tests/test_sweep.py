@@ -352,7 +352,9 @@ def _proc_state(pid: int) -> str:
         return "Z"
 
 
-def _wait_for_no_leaks(timeout: float = 30.0) -> tuple[list[str], list[str], list[int]]:
+def _wait_for_no_leaks(timeout: float = 60.0) -> tuple[list[str], list[str], list[int]]:
+    # Train's detached PlacementGroupCleaner polls every second for its dead controller, but on
+    # 2 loaded cores its own exit has taken over 30 s: a real leak never clears at all.
     deadline = time.time() + timeout
     while True:
         leftovers = _leftovers()
