@@ -26,6 +26,15 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+#: Runs the sweep entrypoint like `python -m entrypoints.sweep` (argv: its arguments), then says
+#: on stderr whether Ray was imported.
+RUN_MAIN = (
+    "import sys\n"
+    "from entrypoints.sweep import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('ray imported' if 'ray' in sys.modules else 'ray not imported', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
 
 
 def free_port() -> int:

@@ -11,17 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from local_servers import REPO, child_env
+from local_servers import REPO, RUN_MAIN, child_env
 
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
-#: Runs the entrypoint like `python -m entrypoints.sweep`, then says whether Ray was imported.
-RUN_MAIN = (
-    "import sys\n"
-    "from entrypoints.sweep import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('ray imported' if 'ray' in sys.modules else 'ray not imported', file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:

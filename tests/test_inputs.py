@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from local_servers import REPO, child_env
+from local_servers import REPO, RUN_MAIN, child_env
 from PIL import Image
 
 from ablate import data, vocabulary
@@ -20,14 +20,6 @@ from ablate.config import ConfigurationError, TrialConfig
 from ablate.spec import SpecError, parse_sweep
 from ablate.tracking import SweepTracker, publish_report
 from ablate.train import build_worker, configuration_failure
-
-RUN_MAIN = (
-    "import sys\n"
-    "from entrypoints.sweep import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('ray imported' if 'ray' in sys.modules else 'ray not imported', file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
 
 
 def run_main(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
