@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,12 +148,21 @@ def check_data_sources(plan: SweepPlan) -> None:
             raise SpecError(plan.source, error.key, message) from None
 
 
-def check_batch_sizes(plan: SweepPlan) -> None:
+def check_batch_sizes(
+    plan: SweepPlan,
+    sizes_for: Callable[[dict[str, Any]], tuple[int, int] | None] | None = None,
+) -> None:
     """Every planned trial's ``train.batch_size`` fits its pretraining set (``data.check_batch``)
-    wherever the set's size is known without decoding (``data.split_sizes``: synthetic,
-    torchvision, local Parquet, local image folders); the others are checked when the sweep
-    driver loads the data (``ablate.sweep``), still before any trial. Under optuna, a swept
-    batch size is checked at its largest value."""
+    wherever the set's size is known: by default without decoding (``data.split_sizes``:
+    synthetic, torchvision, local Parquet, local image folders); the sweep driver calls it again
+    with ``sizes_for`` giving the (pretraining, validation) sizes of each set it loaded, still
+    before any trial (None: not known). Under optuna, a swept batch size is checked at its
+    largest value. Raises ``SpecError`` naming ``train.batch_size`` (or its space key)."""
+    if sizes_for is None:
+
+        def sizes_for(data_config: dict[str, Any]) -> tuple[int, int] | None:
+            return data.split_sizes(DataConfig.model_validate(data_config))
+
     sizes_of: dict[str, tuple[int, int] | None] = {}
     configs = plan.configs()
     sampled = plan.sampled.get("train.batch_size")
@@ -162,7 +172,7 @@ def check_batch_sizes(plan: SweepPlan) -> None:
     for config in configs:
         key = json.dumps(config["data"], sort_keys=True)
         if key not in sizes_of:
-            sizes_of[key] = data.split_sizes(DataConfig.model_validate(config["data"]))
+            sizes_of[key] = sizes_for(config["data"])
         sizes = sizes_of[key]
         if sizes is None:
             continue

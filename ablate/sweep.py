@@ -52,7 +52,7 @@ from ray.tune.search import Searcher
 
 from ablate import data as data_lib
 from ablate import preflight, stats, vocabulary
-from ablate.config import ConfigurationError, DataConfig
+from ablate.config import DataConfig
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
 from ablate.vocabulary import format_value
 
@@ -309,22 +309,12 @@ def _share_datasets(plan: SweepPlan) -> dict[str, Any]:
 
 
 def _check_batches(plan: SweepPlan, data: dict[str, Any], dataset: data_lib.Dataset) -> None:
-    """Every trial on ``data`` has a batch its pretraining set holds (``data.check_batch``, on
-    the loaded set's class counts: for sources whose size preflight could not know)."""
+    """Every trial on ``data`` has a batch its pretraining set holds (``preflight.
+    check_batch_sizes`` on the loaded set's class counts: for sources whose size preflight could
+    not know)."""
     counts = Counter(int(label) for label in dataset.train.labels).values()
     sizes = data_lib.sizes_from_counts(list(counts), float(data["val_fraction"]))
-    for config in plan.configs():
-        if config["data"] != data:
-            continue
-        try:
-            data_lib.check_batch(
-                sizes,
-                int(config["train"]["batch_size"]),
-                int(config["resources"]["num_workers"]),
-            )
-        except ConfigurationError as error:
-            where = "space.train.batch_size" if "train.batch_size" in plan.spec.space else error.key
-            raise SpecError(plan.source, where, str(error).removeprefix(f"{error.key}: ")) from None
+    preflight.check_batch_sizes(plan, lambda config_data: sizes if config_data == data else None)
 
 
 # ----------------------------------------------------------------------------- summary

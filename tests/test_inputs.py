@@ -114,6 +114,24 @@ def test_image_folder_size_is_counted_for_the_batch_check(tmp_path):
     assert done.returncode == 2 and "train.batch_size: 8 is larger" in done.stderr, done.stderr
 
 
+def test_the_drivers_load_checks_every_batch_the_plan_holds(tmp_path):
+    """A set whose size only its load tells (here: measured on the loaded synthetic set) is
+    checked by preflight's rule (``check_batch_sizes``) before any trial, with its key."""
+    from ablate.sweep import _check_batches
+
+    text = (
+        "name: t\ndata: {name: synthetic, num_train: 64, num_test: 16, synthetic_size: 8}\n"
+        "space: {train.batch_size: {choice: [8, 128]}}\nalgorithm: {name: random, num_samples: 1}\n"
+    )
+    plan = parse_sweep(text, source="t.yaml")
+    cfg = plan.configs()[0]["data"]
+    dataset = data.load_dataset(data.DataConfig.model_validate(cfg))
+    with pytest.raises(SpecError) as raised:
+        _check_batches(plan, cfg, dataset)
+    assert raised.value.key == "space.train.batch_size" and "128 is larger" in str(raised.value)
+    _check_batches(plan, {**cfg, "num_train": 1000}, dataset)  # another set: not this one's rule
+
+
 def test_a_worker_configuration_error_is_reported_failed_not_raised():
     config = TrialConfig.model_validate(
         {"data": {"name": "synthetic", "num_train": 64}, "train": {"batch_size": 256}}
