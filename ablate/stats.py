@@ -55,10 +55,6 @@ class GroupStats:
             return f"{self.mean:.4f} (n=1)"
         return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
 
-    @property
-    def ci_half_width(self) -> float | None:
-        return None if self.ci_high is None else (self.ci_high - self.ci_low) / 2
-
 
 def finite(values: Iterable[float | None]) -> list[float]:
     """The finite numbers of ``values`` (None, NaN and inf dropped)."""
