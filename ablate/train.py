@@ -972,17 +972,42 @@ def build_trainer(
     dataset_ref: Any = None,
     data_cache_dir: str | None = None,
     max_failures: int = 2,
+    placement_janitor: str | None = None,
 ) -> Any:
     """A ``TorchTrainer`` that runs one trial of ``config`` (a trial config dict).
 
     Re-running a trainer with the same ``storage_path``/``name`` continues from the run's
     latest checkpoint; a worker group that fails is restarted up to ``max_failures`` times and
     resumes from the latest checkpoint as well.
+
+    Two of Ray Train's default controller callbacks each start one more actor (a Python
+    process importing Ray Train) per run, and are left out: the Ray Data ``DatasetsCallback``
+    (a ``DatasetManager``; the trials read no Ray Dataset) and, when ``placement_janitor``
+    names a sweep's ``ablate.placement.PlacementGroupJanitor``, the per-run
+    ``PlacementGroupCleaner``, whose work that janitor does for every trial of the sweep.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
 
+    from ablate.placement import JanitorCallback
     from ablate.rendezvous import LocalRendezvousTorchConfig
+
+    class TrialTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            # Ray Train 2.60 builds its default callbacks in this private method; the others
+            # are kept as they are.
+            callbacks = []
+            for callback in super()._create_default_callbacks():
+                if isinstance(callback, DatasetsCallback):
+                    continue
+                if placement_janitor and isinstance(callback, PlacementGroupCleanerCallback):
+                    callback = JanitorCallback(placement_janitor)
+                callbacks.append(callback)
+            return callbacks
 
     # Train V2 starts a PreemptionWatcher actor per worker group (one more process to start
     # beside the workers, and an error line from the controller's core worker at each start);
@@ -1003,7 +1028,7 @@ def build_trainer(
         "dataset_ref": dataset_ref,
         "data_cache_dir": data_cache_dir,
     }
-    return TorchTrainer(
+    return TrialTrainer(
         train_loop_per_worker,
         train_loop_config={"config": trial.model_dump(mode="json"), "runtime": runtime},
         scaling_config=ScalingConfig(

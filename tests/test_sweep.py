@@ -312,15 +312,29 @@ def ray_cluster():
         ray.shutdown()
 
 
-#: Actors a trial creates: Tune's trial actor, its report queue, the Train controller, the
-#: workers and Train's placement-group cleaner.
+#: Actors a sweep creates: per trial Tune's trial actor, its report queue, the Train controller,
+#: its synchronization actor and the workers; per sweep the placement-group janitor.
 TRIAL_ACTORS = (
     "ImplicitFunc",
     "_QueueActor",
     "TrainController",
+    "SynchronizationActor",
     "RayTrainWorker",
-    "PlacementGroupCleaner",
+    "PlacementGroupJanitor",
 )
+
+
+def _actors_created_since(known: set[str]) -> list[str]:
+    """Class names of the actors (alive or dead) whose ids are not in ``known``."""
+    from ray._private import state
+
+    return sorted(a["ActorClassName"] for i, a in state.actors().items() if i not in known)
+
+
+def _actor_ids() -> set[str]:
+    from ray._private import state
+
+    return set(state.actors())
 
 
 def _leftovers() -> tuple[list[str], list[str], list[int]]:
@@ -353,14 +367,60 @@ def _proc_state(pid: int) -> str:
 
 
 def _wait_for_no_leaks(timeout: float = 60.0) -> tuple[list[str], list[str], list[int]]:
-    # Train's detached PlacementGroupCleaner polls every second for its dead controller, but on
-    # 2 loaded cores its own exit has taken over 30 s: a real leak never clears at all.
+    # Actors and processes of a killed driver's job take a while to go on 2 loaded cores (over
+    # 30 s seen): a real leak never clears at all.
     deadline = time.time() + timeout
     while True:
         leftovers = _leftovers()
         if not any(leftovers) or time.time() > deadline:
             return leftovers
         time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_the_janitor_removes_the_placement_group_of_a_dead_controller_only(ray_cluster):
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from ablate import placement
+
+    @ray.remote(num_cpus=0)
+    class StandIn:
+        """In a Train controller's place: creates a placement group and registers it."""
+
+        def start(self, janitor_name: str, release: bool):
+            group = placement_group([{"CPU": 1}])
+            ray.get(group.ready())
+            janitor = ray.get_actor(janitor_name)
+            me = ray.get_runtime_context().get_actor_id()
+            ray.get(janitor.register.remote(me, group))
+            if release:  # as a controller that shuts down and removes its group itself
+                ray.get(janitor.release.remote(me))
+            return group
+
+    janitor, name = placement.start_janitor()
+    dying, releasing = StandIn.remote(), StandIn.remote()
+    dead_group = ray.get(dying.start.remote(name, False))
+    kept_group = ray.get(releasing.start.remote(name, True))
+    ray.kill(dying)
+    ray.kill(releasing)
+    try:
+        assert placement.stop_janitor(janitor, timeout_s=30) == [dead_group.id.hex()]
+        table = ray.util.placement_group_table()
+        assert table[dead_group.id.hex()]["state"] == "REMOVED"
+        assert table[kept_group.id.hex()]["state"] != "REMOVED"
+    finally:
+        remove_placement_group(kept_group)
+    assert _wait_for_no_leaks() == ([], [], [])
+
+
+def test_trial_actors_are_reused_only_where_no_trial_is_stopped_early():
+    from ablate.sweep import reuse_trial_actors
+
+    assert reuse_trial_actors(sweep_of(QUICKSTART.read_text(), "scheduler.name=fifo"))
+    assert not reuse_trial_actors(
+        sweep_of(QUICKSTART.read_text(), "scheduler.name=asha", "eval.eval_every=1")
+    )
 
 
 @pytest.mark.slow
@@ -381,6 +441,7 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path, capfd):
         "scheduler.grace_period=1",
         "scheduler.reduction_factor=2",
     ]
+    known = _actor_ids()
     rows = run_sweep(QUICKSTART, overrides=overrides).rows
 
     summary = json.loads((tmp_path / "quickstart" / "summary.json").read_text())
@@ -403,8 +464,15 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path, capfd):
     )
     result_lines = (tmp_path / "quickstart" / easy["trial_id"] / "result.json").read_text()
     assert [json.loads(line)["epoch"] for line in result_lines.splitlines()] == [1, 2, 3]
-    # Stopping a trial tears its worker group down: no actors or placement groups left.
+    # Stopping a trial tears its worker group down: no actors or placement groups left. The
+    # stopped trial's controller died with its Tune actor, so its placement group was left for
+    # the sweep's janitor: Train's per-trial cleaner and Ray Data's manager never started, and
+    # with ASHA no trial actor was reused (one per trial).
     assert _wait_for_no_leaks() == ([], [], [])
+    created = _actors_created_since(known)
+    assert "PlacementGroupCleaner" not in created and "DatasetManager" not in created
+    assert created.count("PlacementGroupJanitor") == 1
+    assert created.count("ImplicitFunc") == created.count("TrainController") == 2
     # The console: one plain line per trial event (not a TTY), nothing of Ray's own output.
     out, err = capfd.readouterr()
     events = {
@@ -455,9 +523,13 @@ def test_run_sweep_as_a_library_tracks_and_reports(ray_cluster, tmp_path):
         "replicates=2",
         "scheduler.name=fifo",
     ]
+    known = _actor_ids()
     done = run_sweep(QUICKSTART, overrides=overrides)
 
     assert done.tracking_uri == uri and done.failed == 0
+    # FIFO stops no trial: a finished trial's Tune actor ran a later one (4 trials, 2 at once).
+    created = _actors_created_since(known)
+    assert created.count("TrainController") == 4 and created.count("ImplicitFunc") < 4
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("library-exp")
     assert experiment is not None
