@@ -69,13 +69,14 @@ class PlacementGroupJanitor:
 
     def drain(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every registered controller to end or release its group
-        (checking as the watcher does); returns how many are still registered."""
+        (checking as the watcher does; at once when the state API does not answer); returns how
+        many are still registered."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self._check()
+            answered = self._check()
             with self._lock:
                 left = len(self._groups)
-            if not left or time.monotonic() > deadline:
+            if not left or not answered or time.monotonic() > deadline:
                 return left
             time.sleep(self._interval_s)
 
@@ -87,11 +88,15 @@ class PlacementGroupJanitor:
             except Exception:  # a transient state-API failure: the next check retries
                 logger.warning("placement-group janitor: check failed", exc_info=True)
 
-    def _check(self) -> None:
+    def _check(self) -> bool:
+        """Remove the groups of dead controllers; returns whether the state API answered."""
         with self._lock:
             watched = list(self._groups.items())
+        answered = True
         for controller_id, group in watched:
-            if _actor_alive(controller_id):
+            alive = _actor_alive(controller_id)
+            answered = answered and alive is not None
+            if alive is not False:
                 continue
             with self._lock:
                 if self._groups.get(controller_id) is not group:
@@ -100,16 +105,18 @@ class PlacementGroupJanitor:
             if _remove(group):
                 with self._lock:
                     self._removed.append(group.id.hex())
+        return answered
 
 
-def _actor_alive(actor_id: str) -> bool:
-    """Whether the actor is alive per Ray's state API; True when the API cannot tell."""
+def _actor_alive(actor_id: str) -> bool | None:
+    """Whether the actor is alive per Ray's state API (it needs the dashboard); None when the
+    API cannot tell."""
     from ray.util.state import get_actor
 
     try:
         state = get_actor(actor_id, timeout=10)
     except Exception:
-        return True
+        return None
     return state is not None and state.state != "DEAD"
 
 

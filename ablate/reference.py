@@ -185,8 +185,9 @@ anywhere). Set `storage.path` (or `--storage-path`) to a path every node mounts 
 `s3://`/`gs://` URI: the job's working directory is a temporary copy. The datasets named in the
 spec must be readable from the driver, which decodes each distinct dataset once and shares it
 with every trial through the object store. Without `--address`/`$RAY_ADDRESS` the sweep starts
-a local Ray on 127.0.0.1 (with its dashboard on a free loopback port: Ray Train's placement-group
-cleaner needs the state API, or one process per trial would outlive its trial).
+a local Ray on 127.0.0.1 (with its dashboard on a free loopback port: the sweep's placement-group
+janitor asks its state API whether a trial's Train controller is alive; on a cluster without a
+dashboard the worker groups of trials that ASHA stopped stay reserved until the sweep ends).
 
 """
 

@@ -251,9 +251,10 @@ def connect(address: str | None = None) -> bool:
 def start_local_ray(**kwargs: Any) -> Any:
     """``ray.init`` of a new single-node Ray bound to 127.0.0.1.
 
-    The dashboard runs (on a free loopback port) because Ray Train's detached
-    ``PlacementGroupCleaner``, one per trial, asks the state API whether its controller is
-    alive: without a dashboard it never learns and never exits, leaking a process per trial.
+    The dashboard runs (on a free loopback port) because the sweep's placement-group janitor
+    (``ablate.placement``), like Ray Train's own ``PlacementGroupCleaner`` for a trainer fitted
+    outside a sweep, asks the state API whether a Train controller is still alive: without a
+    dashboard it cannot tell, and a stopped trial's placement group would stay reserved.
     """
     # Without this, Ray 2.60 on Linux binds to the outward address instead of loopback. The
     # variable covers the processes Ray starts; Ray read it into ENABLE_RAY_CLUSTER when this

@@ -255,3 +255,32 @@ def test_faults_fire_at_their_points_once():
     ).train.faults
     with pytest.raises(RuntimeError, match="simulated CUDA OOM"):
         FaultInjector(oom, rank=0, resumed=False).at_start()
+
+
+def test_the_controller_unpickles_the_backend_without_importing_torch():
+    """Train's controller unpickles the trainer's backend config and builds its backend; the
+    config must not pull torch into that process (2.3 CPU-s of each trial's start-up)."""
+    import pickle
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from ablate.rendezvous import LocalRendezvousTorchConfig
+
+    config = LocalRendezvousTorchConfig(backend="gloo", timeout_s=60)
+    code = (
+        "import pickle, sys; config = pickle.loads(sys.stdin.buffer.read()); "
+        "backend = config.backend_cls(); "
+        "print(config.framework.name, config.to_dict()['backend'], "
+        "backend.share_cuda_visible_devices, 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=cloudpickle.dumps(config, protocol=pickle.DEFAULT_PROTOCOL),
+        capture_output=True,
+        check=True,
+    )
+    assert done.stdout.decode().split() == ["TORCH", "gloo", "True", "False"]
+    # Across nodes Ray's own torch backend gets the same settings as a TorchConfig.
+    assert config.torch_config().backend == "gloo" and config.torch_config().timeout_s == 60
