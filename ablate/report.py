@@ -1443,14 +1443,20 @@ def best_configurations(
 
 
 def stopped_while_improving(
-    results: SweepResults, metric: str
+    results: SweepResults, metric: str, mode: str = "max"
 ) -> list[tuple[Row, int, float, float | None]]:
-    """Stopped trials whose ``metric`` (an accuracy: higher is better) rose at their last
-    evaluation: ``(row, stop epoch, last gain, best completed value at that epoch)``.
+    """Stopped trials whose ``metric`` improved (rose with ``mode`` "max", fell with "min") at
+    their last evaluation: ``(row, stop epoch, last gain, best completed value at that
+    epoch)``; the gain is the improvement, so positive in either mode. Raises ValueError for
+    another mode.
 
-    Early rungs favour fast starters; a trial still climbing when it was stopped may have been
-    a slow starter rather than a weak configuration.
+    Early rungs favour fast starters; a trial still improving when it was stopped may have
+    been a slow starter rather than a weak configuration.
     """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+    sign = 1.0 if mode == "max" else -1.0
+    best = max if mode == "max" else min
     completed_at: dict[int, list[float]] = {}
     for row in results.rows:
         if row["status"] == "completed":
@@ -1462,15 +1468,16 @@ def stopped_while_improving(
         if row["status"] != "stopped" or len(points) < 2:
             continue
         (_, before), (epoch, last) = points[-2], points[-1]
-        if last > before:
+        gain = sign * (last - before)
+        if gain > 0:
             leaders = completed_at.get(epoch)
-            found.append((row, epoch, last - before, max(leaders) if leaders else None))
+            found.append((row, epoch, gain, best(leaders) if leaders else None))
     return found
 
 
-def _early_stopping_lines(results: SweepResults, metric: str) -> list[str]:
+def _early_stopping_lines(results: SweepResults, metric: str, mode: str) -> list[str]:
     stopped = [r for r in results.rows if r["status"] == "stopped"]
-    climbing = stopped_while_improving(results, metric)
+    climbing = stopped_while_improving(results, metric, mode)
     if not stopped:
         return []
     first_only = [r for r in stopped if len(results.histories.get(r["run_id"]) or []) < 2]
@@ -1479,7 +1486,8 @@ def _early_stopping_lines(results: SweepResults, metric: str) -> list[str]:
         "## Early stopping",
         "",
         f"Trials stopped early: {len(stopped)}. Still improving at their last evaluation "
-        f"(`{metric}` rose): {len(climbing)}. Stopped at their first evaluation, before any "
+        f"(`{metric}` {'rose' if mode == 'max' else 'fell'}): {len(climbing)}. Stopped at "
+        "their first evaluation, before any "
         f"trend showed: {len(first_only)}.",
     ]
     if climbing or first_only:
@@ -1492,7 +1500,8 @@ def _early_stopping_lines(results: SweepResults, metric: str) -> list[str]:
     if climbing:
         lines += [
             "",
-            f"| run | stopped at epoch | `{metric}` | last gain | best completed trial then |",
+            f"| run | stopped at epoch | `{metric}` | last improvement | best completed trial "
+            "then |",
             "|---|---|---|---|---|",
         ]
         for row, epoch, gain, leader in climbing:
@@ -1566,7 +1575,7 @@ def summary_markdown(
     lines += untestable_note(conf)
     lines += finding_lines(findings)
     lines += importance_lines(conf)
-    lines += _early_stopping_lines(results, metric)
+    lines += _early_stopping_lines(results, metric, mode)
     others = [r for r in rows if r["status"] != "completed"]
     if others:
         lines += ["", "## Trials that did not complete", "", "| run | status | detail |"]

@@ -575,6 +575,15 @@ def test_stopped_trials_still_improving_are_flagged():
     # Nothing stopped: no early-stopping section at all.
     completed = SweepResults("e", "p", rows[:1], ["augment.ops"], histories)
     assert "## Early stopping" not in summary_markdown(completed, [], [], "val/knn_top1")
+    # A metric to minimise: improving is falling, the leader is the lowest completed value.
+    lower = stopped_while_improving(results, "train/loss", "min")
+    assert [(row["run_name"], epoch) for row, epoch, _, _ in lower] == [("falling", 4)]
+    assert lower[0][2] == pytest.approx(0.10) and lower[0][3] == pytest.approx(0.85)
+    text = summary_markdown(results, [], [], "train/loss", mode="min")
+    assert "(`train/loss` fell): 1." in text
+    assert "| falling | 4 | 0.3000 | +0.1000 | 0.8500 |" in text
+    with pytest.raises(ValueError, match="mode"):
+        stopped_while_improving(results, "val/knn_top1", "maximum")
 
 
 def test_summary_is_ranked_by_the_sweeps_metric_and_mode(tmp_path):
