@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             "no tracking URI: pass --tracking-uri (a sweep's default store is "
             "sqlite:////<storage_path>/mlflow.db) or set MLFLOW_TRACKING_URI"
         )
-    from ablate.tracking import publish_report  # imports Ray and MLflow: after the arguments
+    # Imported after the arguments are read: ablate.tracking imports Ray and MLflow.
+    from ablate.report import SHOWN_COMPARISONS, format_comparison
+    from ablate.tracking import publish_report
 
     try:
         report = publish_report(
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {len(report.results.rows)} trials -> {report.results_path}")
     for finding in report.findings:
         print(f"  [{finding.verdict}] {finding.claim} ({finding.source})")
+        comparisons = list(finding.comparisons.items())
+        for name, comparison in comparisons[:SHOWN_COMPARISONS]:
+            print(f"      {format_comparison(name, comparison)}")
+        if len(comparisons) > SHOWN_COMPARISONS:
+            print(f"      and {len(comparisons) - SHOWN_COMPARISONS} more in summary.md")
     print(f"  summary: {report.summary_path}")
     return 0
 

@@ -216,7 +216,10 @@ def test_cli_writes_the_report(aug_sweep, tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "results.parquet").stat().st_size > 0
     assert (tmp_path / "figures" / "augmentation_matrix.png").stat().st_size > 0
-    assert "[holds] crop+color is the best pair" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[holds] crop+color is the best pair" in out
+    # Each verdict comes with what it rests on: the difference and its confidence interval.
+    assert "      crop+color − crop: +0.3500 [95% CI +0.3500, +0.3500]" in out
     assert report_main(["--experiment", "missing", "--tracking-uri", uri, "--no-log"]) == 2
 
 
