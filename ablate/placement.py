@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two checks of the registered controllers.
 CHECK_INTERVAL_S = 1.0
+#: Seconds without an answer from the state API after which ``drain`` stops waiting.
+UNANSWERED_S = 10.0
 
 
 class PlacementGroupJanitor:
@@ -52,6 +54,9 @@ class PlacementGroupJanitor:
         self._groups: dict[str, Any] = {}  # controller actor id (hex) -> PlacementGroup
         self._removed: list[str] = []
         self._lock = threading.Lock()
+        # One check at a time: drain's check then returns only after a removal the watcher
+        # had under way is done and recorded (else the janitor could be killed mid-removal).
+        self._checking = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="janitor", daemon=True)
         self._thread.start()
 
@@ -69,14 +74,18 @@ class PlacementGroupJanitor:
 
     def drain(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every registered controller to end or release its group
-        (checking as the watcher does; at once when the state API does not answer); returns how
-        many are still registered."""
+        (checking as the watcher does; it gives up once the state API has not answered for
+        ``UNANSWERED_S``, as without a dashboard); returns how many are still registered."""
         deadline = time.monotonic() + timeout_s
+        unanswered_since: float | None = None
         while True:
             answered = self._check()
+            now = time.monotonic()
+            unanswered_since = None if answered else (unanswered_since or now)
             with self._lock:
                 left = len(self._groups)
-            if not left or not answered or time.monotonic() > deadline:
+            silent = unanswered_since is not None and now - unanswered_since >= UNANSWERED_S
+            if not left or silent or now > deadline:
                 return left
             time.sleep(self._interval_s)
 
@@ -90,6 +99,10 @@ class PlacementGroupJanitor:
 
     def _check(self) -> bool:
         """Remove the groups of dead controllers; returns whether the state API answered."""
+        with self._checking:
+            return self._check_once()
+
+    def _check_once(self) -> bool:
         with self._lock:
             watched = list(self._groups.items())
         answered = True
