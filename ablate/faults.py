@@ -11,6 +11,9 @@ three named points of the trial loop; nothing else in the loop knows about fault
   ``raise_once_at_epoch`` raises on rank 0 and ``kill_once_at_epoch`` SIGKILLs rank 0's
   process, each only in a worker group that did not resume from a checkpoint, so Ray Train's
   restart from the checkpoint then runs to the end.
+
+:class:`NaNLossFromCall` wraps a loss module so that it turns NaN in mid-epoch, for checks of
+a single step's divergence path (``tests/test_step.py``, ``benchmarks/step_check.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+
+import torch
+from torch import nn
 
 from ablate.config import FaultConfig
 
@@ -82,3 +88,17 @@ def _wait_for_registered_checkpoint(dir_name: str, timeout_s: float = 120.0) -> 
         if latest.get("checkpoint_dir_name") == dir_name:
             return
         time.sleep(0.2)
+
+
+class NaNLossFromCall(nn.Module):
+    """``loss_fn``, NaN from its ``at``-th call on (a divergence in mid-epoch); ``calls`` counts
+    the calls so far. Same inputs and output shape as ``loss_fn``."""
+
+    def __init__(self, loss_fn: nn.Module, at: int) -> None:
+        super().__init__()
+        self.loss_fn, self.at, self.calls = loss_fn, at, 0
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = self.loss_fn(z1, z2)
+        return loss * float("nan") if self.calls >= self.at else loss

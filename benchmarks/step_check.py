@@ -25,10 +25,10 @@ import json
 from collections import Counter
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ablate.config import TrialConfig, resolve
+from ablate.faults import NaNLossFromCall
 from ablate.train import build_worker, resident_data, run_epoch
 
 
@@ -90,17 +90,6 @@ def counts(args: argparse.Namespace, now: bool) -> dict[str, float]:
     return {key: round(value / steps, 1) for key, value in sorted(tally.items())}
 
 
-class NaNAtCall(nn.Module):
-    def __init__(self, loss_fn: nn.Module, at: int) -> None:
-        super().__init__()
-        self.loss_fn, self.at, self.calls = loss_fn, at, 0
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        loss = self.loss_fn(z1, z2)
-        return loss * float("nan") if self.calls >= self.at else loss
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -139,7 +128,7 @@ def main() -> None:
     )
 
     worker = worker_for(args, True, steps=6)
-    worker.parts.loss_fn = NaNAtCall(worker.parts.loss_fn, at=3)
+    worker.parts.loss_fn = NaNLossFromCall(worker.parts.loss_fn, at=3)
     result = run_epoch(worker, torch.Generator(device=worker.device), 1)
     print(
         json.dumps(

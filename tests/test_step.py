@@ -24,6 +24,7 @@ from torch import nn
 
 from ablate.config import TrialConfig, resolve
 from ablate.data import shard_indices
+from ablate.faults import NaNLossFromCall
 from ablate.loss import contrastive_top1
 from ablate.probe import OnlineProbe
 from ablate.train import (
@@ -162,19 +163,6 @@ def test_epochs_equal_the_reference_step_bit_for_bit(device_skip, optim):
     assert_same_weights(new, ref)
 
 
-class NaNAtCall(nn.Module):
-    """The trial's loss, NaN from its ``at``-th call on (a divergence in mid-epoch)."""
-
-    def __init__(self, loss_fn: nn.Module, at: int) -> None:
-        super().__init__()
-        self.loss_fn, self.at, self.calls = loss_fn, at, 0
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        loss = self.loss_fn(z1, z2)
-        return loss * float("nan") if self.calls >= self.at else loss
-
-
 @pytest.mark.parametrize("device_skip", [False, True])
 def test_a_divergence_in_mid_epoch_is_reported_with_its_step_and_updates_nothing(device_skip):
     """The loss turns NaN at step 3 of 6: the epoch reports epoch, step and lr as the reference
@@ -185,7 +173,7 @@ def test_a_divergence_in_mid_epoch_is_reported_with_its_step_and_updates_nothing
     config = step_config(steps=6)
     new, ref = make_worker(config, device_skip), reference_worker(config)
     for worker in (new, ref):
-        worker.parts.loss_fn = NaNAtCall(worker.parts.loss_fn, at=3)
+        worker.parts.loss_fn = NaNLossFromCall(worker.parts.loss_fn, at=3)
     result = run_epoch(new, torch.Generator(), 1)
     loss_sum, top1_sum, diverged = reference_epoch(ref, torch.Generator(), 1)
     assert diverged.startswith("non-finite loss (nan) at epoch 1, step 3; lr=")
