@@ -41,6 +41,7 @@ from ablate.stats import (
     compare,
     describe,
     holm_family,
+    improvement_sign,
     key_importance,
     rank,
     samples_by_config,
@@ -1453,10 +1454,8 @@ def stopped_while_improving(
     Early rungs favour fast starters; a trial still improving when it was stopped may have
     been a slow starter rather than a weak configuration.
     """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-    sign = 1.0 if mode == "max" else -1.0
-    best = max if mode == "max" else min
+    sign = improvement_sign(mode)
+    best = max if sign > 0 else min
     completed_at: dict[int, list[float]] = {}
     for row in results.rows:
         if row["status"] == "completed":
@@ -1636,8 +1635,7 @@ def build_report(
 
     Raises ValueError for a mode other than ``"max"`` / ``"min"`` (before writing anything).
     """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    improvement_sign(mode)  # validates it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {

@@ -80,15 +80,21 @@ def describe(values: Iterable[float | None], confidence: float = CONFIDENCE) -> 
     return GroupStats(mean, std, len(data), mean - half, mean + half)
 
 
+def improvement_sign(mode: str) -> float:
+    """+1.0 for ``mode`` ``"max"`` (higher is better), -1.0 for ``"min"``: a difference times
+    it is positive when it is an improvement. Raises ValueError for another mode."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    return 1.0 if mode == "max" else -1.0
+
+
 def rank(groups: Mapping[K, GroupStats | None], mode: str) -> list[K]:
     """The keys of ``groups`` best first by mean (``mode`` ``"max"`` or ``"min"``); groups
     without statistics last, in their given order. Raises ValueError for another mode."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    sign = -1.0 if mode == "max" else 1.0
+    sign = improvement_sign(mode)
     measured = [k for k, s in groups.items() if s is not None]
     unmeasured = [k for k, s in groups.items() if s is None]
-    return sorted(measured, key=lambda k: sign * groups[k].mean) + unmeasured
+    return sorted(measured, key=lambda k: -sign * groups[k].mean) + unmeasured
 
 
 # ----------------------------------------------------------------------------- comparisons
