@@ -411,12 +411,11 @@ def build_worker(
     pretraining set.
     """
     from ablate import probe
+    from ablate.data import check_batch
 
     device = device or torch.device("cpu")
     torch.manual_seed(config.train.seed)
     data = prepare_data(config, runtime)
-    from ablate.data import check_batch
-
     local_batch = config.train.batch_size // world_size
     check_batch((len(data.pretrain_idx), len(data.val_idx)), config.train.batch_size, world_size)
     steps_per_epoch = len(data.pretrain_idx) // world_size // local_batch
