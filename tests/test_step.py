@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from local_servers import free_port
 from pydantic import ValidationError
 from torch import nn
 
@@ -234,11 +235,8 @@ def _agreed_on_rank(rank: int, port: int, losses: list[float], results) -> None:
 def test_finiteness_is_agreed_by_every_worker(losses, agreed):
     """Two gloo processes: one worker's NaN makes both skip the step."""
     import multiprocessing
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     workers = [
