@@ -25,6 +25,7 @@ temperatures, unlike the contrastive loss, and it never touches the test split.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -38,6 +39,8 @@ import torch.distributed as dist
 from ablate import vocabulary
 from ablate.config import ConfigurationError, TrialConfig
 from ablate.faults import FaultInjector
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -933,8 +936,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         if overhead is None:
             overhead = result.started_at - launched_at
             if worker.rank == 0:
-                # To the worker's stdout: the sweep's log file (ablate.console), not the console.
-                print(startup.describe(result.started_at), flush=True)
+                # Train's worker logger: the sweep's log file (ablate.console), not the console.
+                # (A print reaches that file twice: Train copies prints to its logger.)
+                logger.info(startup.describe(result.started_at))
         metrics = epoch_metrics(worker, epoch, result, overhead, restored_epoch)
         if result.diverged:
             metrics.update(state.monitors, status="diverged", reason=result.diverged)
