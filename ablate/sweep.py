@@ -7,8 +7,9 @@ can hold one trial's worker group (``preflight.check_cluster``), runs every tria
 ``tracking.*`` settings say (``ablate.tracking``) and writes its report:
 
 * Each trial is ``tune_trial``: it builds a ``TorchTrainer`` with ``ablate.train.build_trainer``
-  and calls ``fit()`` (the Train V2 pattern; Tune no longer accepts trainers). Ray Train's
-  ``TuneReportCallback`` forwards every epoch's rank-0 report to Tune, so ASHA sees
+  and calls ``fit()`` (the Train V2 pattern; Tune no longer accepts trainers). The sweep's
+  ``ablate.relay.ReportRelay`` (in place of Ray's ``TuneReportCallback`` and its per-trial
+  queue actor) forwards every epoch's rank-0 report to ``tune.report``, so ASHA sees
   ``epoch`` and ``val/knn_top1`` as they happen.
 * The trial reserves no CPU or GPU (only one byte of ``memory``; Tune needs a non-empty bundle)
   and Train V2's controller actor reserves ``num_cpus=0``: the worker group's placement group
@@ -53,7 +54,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from ablate import data as data_lib
-from ablate import placement, preflight, stats, vocabulary
+from ablate import placement, preflight, relay, stats, vocabulary
 from ablate.config import DataConfig
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
 from ablate.vocabulary import format_value
@@ -62,10 +63,15 @@ from ablate.vocabulary import format_value
 
 
 def _trial_function(
-    train_storage_path: str, dataset_refs: dict[str, Any], placement_janitor: str | None = None
+    train_storage_path: str,
+    dataset_refs: dict[str, Any],
+    report_relay: Any,
+    placement_janitor: str | None = None,
 ) -> Any:
     """The Tune function trainable of this sweep (closes over where Train runs are stored, the
-    shared datasets and the name of the sweep's ``ablate.placement`` janitor).
+    shared datasets, the handle of the sweep's ``ablate.relay.ReportRelay``, which carries each
+    epoch's report from the trial's Train controller to ``tune.report``, and the name of its
+    ``ablate.placement`` janitor).
 
     ``tune_trial`` names nothing of this module: Ray pickles it by value, and a reference to
     one of this module's names would make every trial actor import this module and, through
@@ -75,23 +81,23 @@ def _trial_function(
     def tune_trial(param: dict[str, Any]) -> None:
         launched_at = time.time()
         # Imported here: the trial actor needs them, the driver's import path does not.
-        from ray.tune.integration.ray_train import TuneReportCallback
-
+        from ablate import relay
         from ablate.train import build_trainer
 
         trial_id = tune.get_context().get_trial_id()
+        channel = relay.new_channel(trial_id)
         # _data_key's key, spelled out (see the docstring)
         ref = dataset_refs.get(json.dumps(param["config"]["data"], sort_keys=True))
         trainer = build_trainer(
             param["config"],
             storage_path=train_storage_path,
             name=trial_id,
-            callbacks=[TuneReportCallback()],
+            callbacks=[relay.RelayReportCallback(report_relay, channel)],
             launched_at=launched_at,
             dataset_ref=ref,
             placement_janitor=placement_janitor,
         )
-        trainer.fit()
+        relay.fit_and_forward(trainer.fit, report_relay, channel, tune.report)
 
     return tune_trial
 
@@ -540,6 +546,7 @@ def build_tuner(
     *,
     concurrency: int,
     callbacks: Sequence[Any] = (),
+    report_relay: Any,
     dataset_refs: dict[str, Any] | None = None,
     placement_janitor: str | None = None,
     restore: bool = False,
@@ -547,13 +554,19 @@ def build_tuner(
 ) -> tune.Tuner:
     """A new ``Tuner`` for ``plan``, or the one restored from its experiment directory.
 
+    ``report_relay``: an ``ablate.relay.ReportRelay`` handle (``relay.start_relay()``);
+    ``placement_janitor``: the name of an ``ablate.placement`` janitor, else each trial's Train
+    run starts Ray's own ``PlacementGroupCleaner``.
+
     ``verbose``: Tune's own status table (``CLIReporter``); otherwise Tune prints nothing and
     the view is the caller's (``ablate.console.SweepConsole`` among ``callbacks``).
     """
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     trainable = tune.with_resources(
-        _trial_function(plan.train_storage_path, dataset_refs or {}, placement_janitor),
+        _trial_function(
+            plan.train_storage_path, dataset_refs or {}, report_relay, placement_janitor
+        ),
         # One byte of memory: Tune needs a non-empty bundle; the worker group holds the compute.
         {"memory": 1},
     )
@@ -756,10 +769,12 @@ def _run_tuner(
             header = "".join(f"# --set {o}\n" for o in plan.overrides)
             _write_text(f"{plan.experiment_dir}/spec.yaml", header + plan.text)
         janitor, janitor_name = placement.start_janitor()
+        report_relay = relay.start_relay()
         tuner = build_tuner(
             plan,
             concurrency=concurrency,
             callbacks=callbacks,
+            report_relay=report_relay,
             dataset_refs=refs,
             placement_janitor=janitor_name,
             restore=restore,
@@ -769,6 +784,7 @@ def _run_tuner(
         try:
             results = tuner.fit()
         finally:
+            relay.stop_relay(report_relay)
             placement.stop_janitor(janitor)
         records = trial_records(plan, results)
         rows = summarize(plan, records)

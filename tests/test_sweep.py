@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -312,8 +313,9 @@ def ray_cluster():
         ray.shutdown()
 
 
-#: Actors a sweep creates: per trial Tune's trial actor, its report queue, the Train controller,
-#: its synchronization actor and the workers; per sweep the placement-group janitor.
+#: Actors a sweep creates: per trial Tune's trial actor, the Train controller, its
+#: synchronization actor and the workers; per sweep the placement-group janitor and the report
+#: relay (and, were Ray's TuneReportCallback used, a report queue per trial).
 TRIAL_ACTORS = (
     "ImplicitFunc",
     "_QueueActor",
@@ -321,6 +323,7 @@ TRIAL_ACTORS = (
     "SynchronizationActor",
     "RayTrainWorker",
     "PlacementGroupJanitor",
+    "ReportRelay",
 )
 
 
@@ -414,6 +417,97 @@ def test_the_janitor_removes_the_placement_group_of_a_dead_controller_only(ray_c
     assert _wait_for_no_leaks() == ([], [], [])
 
 
+def test_the_relay_forwards_each_report_in_order_then_the_result_or_the_error(
+    ray_cluster, tmp_path
+):
+    import ray
+    from ray.train import Checkpoint
+
+    from ablate import relay
+
+    handle = relay.start_relay()
+    try:
+        # fit() stands in for a Train run: the controller's callback puts what its workers
+        # report (rank 0's metrics, the checkpoint's path) while fit() runs in another thread.
+        checkpoint = Checkpoint(path=str(tmp_path))
+
+        aborted: list[str] = []
+
+        class Callback(relay.RelayReportCallback):
+            def abort_run(self) -> None:  # this driver is no Train controller: record it
+                aborted.append(self.channel)
+
+        def fit_reporting_into(channel: str) -> Callable[[], str]:
+            callback = Callback(handle, channel)
+
+            def fit() -> str:
+                for epoch in (1, 2, 3):
+                    ranks = [{"epoch": epoch}, {"epoch": -epoch}]
+                    callback.after_report(None, ranks, checkpoint if epoch == 2 else None)
+                return "fitted"
+
+            return fit
+
+        channel = relay.new_channel("trial")
+        reports: list[dict] = []
+        fit = fit_reporting_into(channel)
+        assert relay.fit_and_forward(fit, handle, channel, reports.append, poll_s=0.5) == "fitted"
+        assert reports == [
+            {"epoch": 1},
+            {"epoch": 2, "checkpoint_path": str(tmp_path)},
+            {"epoch": 3},
+        ]
+
+        # A failed run: the reports made before the failure, then its error.
+        failing_channel = relay.new_channel("trial")
+        assert failing_channel != channel  # a retried trial does not read an old channel
+
+        def failing_fit() -> None:
+            relay.RelayReportCallback(handle, failing_channel).after_report(
+                None, [{"epoch": 1}], None
+            )
+            raise ValueError("worker group failed")
+
+        reports = []
+        with pytest.raises(ValueError, match="worker group failed"):
+            relay.fit_and_forward(failing_fit, handle, failing_channel, reports.append, 0.5)
+        assert reports == [{"epoch": 1}]
+
+        # A stopped trial: what report raises (Tune's session ends the trial's thread so)
+        # ends the forwarding and closes the channel; the run's next report aborts it.
+        def stop(report: dict) -> None:
+            raise SystemExit(0)
+
+        assert aborted == []
+        stopped = relay.new_channel("trial")
+        with pytest.raises(SystemExit):
+            relay.fit_and_forward(fit_reporting_into(stopped), handle, stopped, stop, 0.5)
+        deadline = time.time() + 30
+        while not aborted and time.time() < deadline:
+            time.sleep(0.1)
+        assert aborted[:1] == [stopped]
+
+        # One report in flight: a put waits until the trial took the previous one.
+        busy = relay.new_channel("trial")
+        assert ray.get(handle.put.remote(busy, {"epoch": 1})) is True
+        waiting = handle.put.remote(busy, {"epoch": 2})
+        assert ray.wait([waiting], timeout=1.0)[0] == []
+        assert ray.get(handle.get.remote(busy, 1.0)) == {"epoch": 1}
+        assert ray.get(waiting, timeout=10) is True
+        assert ray.get(handle.get.remote(busy, 1.0)) == {"epoch": 2}
+        assert ray.get(handle.get.remote(busy, 0.2)) is None
+        # Closing wakes a put waiting for room, and refuses later ones.
+        ray.get(handle.put.remote(busy, {"epoch": 3}))
+        waiting = handle.put.remote(busy, {"epoch": 4})
+        assert ray.wait([waiting], timeout=1.0)[0] == []
+        ray.get(handle.close.remote(busy))
+        assert ray.get(waiting, timeout=10) is False
+        assert ray.get(handle.put.remote(busy, {"epoch": 5})) is False
+        assert ray.get(handle.get.remote(busy, 0.2)) is None
+    finally:
+        relay.stop_relay(handle)
+
+
 def test_trial_actors_are_reused_only_where_no_trial_is_stopped_early():
     from ablate.sweep import reuse_trial_actors
 
@@ -463,7 +557,9 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path, capfd):
         (train_runs / easy["trial_id"]).glob("epoch_*")
     )
     result_lines = (tmp_path / "quickstart" / easy["trial_id"] / "result.json").read_text()
-    assert [json.loads(line)["epoch"] for line in result_lines.splitlines()] == [1, 2, 3]
+    results = [json.loads(line) for line in result_lines.splitlines()]
+    assert [result["epoch"] for result in results] == [1, 2, 3]
+    assert Path(results[-1]["checkpoint_path"]).is_dir()  # the relay forwards it, as Ray's did
     # Stopping a trial tears its worker group down: no actors or placement groups left. The
     # stopped trial's controller died with its Tune actor, so its placement group was left for
     # the sweep's janitor: Train's per-trial cleaner and Ray Data's manager never started, and
@@ -473,6 +569,8 @@ def test_quickstart_end_to_end_with_asha_stopping(ray_cluster, tmp_path, capfd):
     assert "PlacementGroupCleaner" not in created and "DatasetManager" not in created
     assert created.count("PlacementGroupJanitor") == 1
     assert created.count("ImplicitFunc") == created.count("TrainController") == 2
+    # Reports travel through the sweep's one relay, not a queue actor per trial.
+    assert created.count("ReportRelay") == 1 and "_QueueActor" not in created
     # The console: one plain line per trial event (not a TTY), nothing of Ray's own output.
     out, err = capfd.readouterr()
     events = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import pytest
@@ -16,6 +17,7 @@ from ablate.models import build_encoder
 from ablate.probe import extract_features, knn_top1
 from ablate.train import (
     TrialState,
+    build_trainer,
     build_worker,
     final_evaluation,
     fit_trial,
@@ -84,6 +86,48 @@ def test_one_worker_reports_every_metric(local_ray, tmp_path):
     assert final["test/probe_top5"] == 1.0
     # The loss is the NT-Xent of 2N views: bounded by log(2N - 1) at chance.
     assert history[0]["train/loss"] < math.log(2 * 64 - 1) + 0.5
+
+
+@pytest.mark.slow
+def test_a_run_whose_trial_stops_taking_reports_is_aborted(local_ray, tmp_path):
+    """As when Tune stops a trial: the trial raises at its first report (Tune's session does so),
+    which closes the run's relay channel; the Train run aborts at a next report and removes its
+    placement group, while the trial's process lives on (a run left blocked on the relay would
+    hold its group until that process ended; one left going would train all 30 epochs)."""
+    from ablate import relay
+
+    handle = relay.start_relay()
+    try:
+        channel = relay.new_channel("stopped")
+        trainer = build_trainer(
+            tiny_config(train={"epochs": 30, "batch_size": 64, "checkpoint_every": 1}),
+            storage_path=str(tmp_path),
+            name="stopped",
+            callbacks=[relay.RelayReportCallback(handle, channel)],
+        )
+        reports: list[dict] = []
+
+        def stop_at_first(report: dict) -> None:
+            reports.append(report)
+            raise SystemExit(0)
+
+        with pytest.raises(SystemExit):
+            relay.fit_and_forward(trainer.fit, handle, channel, stop_at_first)
+        deadline = time.time() + 90
+        while _placement_groups_left() and time.time() < deadline:
+            time.sleep(0.5)
+        assert _placement_groups_left() == []
+        assert [report["epoch"] for report in reports] == [1]
+        kept = sorted((tmp_path / "stopped").glob("epoch_*"))
+        assert kept and kept[-1].name <= "epoch_00004", kept  # aborted, not trained to the end
+    finally:
+        relay.stop_relay(handle)
+
+
+def _placement_groups_left() -> list[str]:
+    return [
+        pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"
+    ]
 
 
 @pytest.mark.slow

@@ -1,0 +1,185 @@
+"""Per-epoch reports from each trial's Ray Train controller to its Tune trial: one relay per sweep.
+
+A Tune trial here is a function that runs one ``TorchTrainer`` (``ablate.sweep``); the reports
+its workers make reach the Train controller, a separate actor, and must reach Tune through the
+trial's own actor. Ray's ``ray.tune.integration.ray_train.TuneReportCallback`` carries them
+through a ``ray.util.queue.Queue``: one more actor, hence one more Python process importing
+Ray's serializers (pydantic, pyarrow), started with every trial (1.9 CPU-s of each trial's
+start-up on 2 cores, measured with ``benchmarks/startup.py``).
+
+``ReportRelay`` is that queue for a whole sweep from one actor, one bounded channel per Train
+run: ``RelayReportCallback`` (a Train ``UserCallback``, in the controller) puts each report
+(rank 0's metrics, and the checkpoint's path as ``checkpoint_path``, as Ray's callback does)
+and waits while the channel is full; ``fit_and_forward`` runs ``fit()`` in a thread of the
+trial and passes each report to ``tune.report`` in the trial's own thread, so a scheduler
+that stops the trial stops it at a report, as before. With one report in flight the workers
+run at most one report ahead of Tune, as with Ray's one-slot queue.
+
+A trial that stops taking reports (Tune stopped it) closes its channel, and the controller's
+next report aborts the Train run, as Ctrl-C aborts one (``TrainController.abort``: the worker
+group and its placement group are removed), whether or not the trial's actor ends meanwhile
+(when it does, the controller dies with it and ``ablate.placement``'s janitor removes the
+group, as with Ray's queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.train.v2.api.callback import UserCallback
+
+#: The key Ray's ``TuneReportCallback`` gives a reported checkpoint's path in Tune's results.
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: Seconds a trial waits on the relay before it checks that its ``fit()`` thread still runs.
+POLL_S = 5.0
+
+
+class ReportRelay:
+    """Async actor: one channel of at most one report per Train run (``channel``, a string).
+
+    ``put(channel, item)`` waits until the channel has room and returns True, or returns False
+    once the channel is closed; ``get(channel, timeout_s)`` returns the next item, or ``None``
+    after ``timeout_s`` seconds without one; ``close(channel)`` closes a channel for good (what
+    it holds is dropped). A channel opens at its first ``put`` or ``get``.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, asyncio.Queue[Any]] = {}
+        self._closed: dict[str, asyncio.Event] = {}
+
+    def _channel(self, channel: str) -> tuple[asyncio.Queue[Any] | None, asyncio.Event]:
+        """The channel's queue (None once closed) and its closed flag; opened at first use."""
+        if channel not in self._closed:
+            self._open[channel] = asyncio.Queue(maxsize=1)
+            self._closed[channel] = asyncio.Event()
+        return self._open.get(channel), self._closed[channel]
+
+    async def put(self, channel: str, item: Any) -> bool:
+        items, closed = self._channel(channel)
+        if items is None:
+            return False
+        put = asyncio.ensure_future(items.put(item))
+        close = asyncio.ensure_future(closed.wait())
+        await asyncio.wait({put, close}, return_when=asyncio.FIRST_COMPLETED)
+        close.cancel()
+        put.cancel()  # no-op once done
+        return put.done() and not put.cancelled() and not closed.is_set()
+
+    async def get(self, channel: str, timeout_s: float) -> Any:
+        items, _ = self._channel(channel)
+        if items is None:
+            return None
+        try:
+            return await asyncio.wait_for(items.get(), timeout_s)
+        except asyncio.TimeoutError:
+            return None
+
+    async def close(self, channel: str) -> None:
+        self._channel(channel)[1].set()  # wakes the puts waiting for room: they return False
+        self._open.pop(channel, None)  # the flag stays, so later puts return False too
+
+
+def start_relay() -> Any:
+    """Start a ``ReportRelay`` owned by this driver, on its node, taking no CPU; returns its
+    handle (``stop_relay`` ends it; it also ends with the driver)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return (
+        ray.remote(ReportRelay)
+        .options(
+            name=f"ablate-report-relay-{uuid.uuid4().hex[:12]}",
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True
+            ),
+        )
+        .remote()
+    )
+
+
+def stop_relay(handle: Any) -> None:
+    ray.kill(handle)
+
+
+class RelayReportCallback(UserCallback):
+    """Ray Train callback (it runs in the Train controller): puts every report of the run into
+    ``channel`` of ``relay`` (a ``ReportRelay`` handle) and returns once the relay holds it;
+    once the channel is closed (the trial was stopped) it aborts the run instead.
+
+    What is put: rank 0's metrics dict, plus ``checkpoint_path`` when the report carried a
+    checkpoint (already in the run's storage), as Ray's ``TuneReportCallback`` forwards them.
+    """
+
+    def __init__(self, relay: Any, channel: str) -> None:
+        self.relay = relay
+        self.channel = channel
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
+        item = dict(metrics[0])
+        if checkpoint is not None:
+            item[CHECKPOINT_PATH_KEY] = checkpoint.path
+        if not ray.get(self.relay.put.remote(self.channel, item)):
+            self.abort_run()
+
+    def abort_run(self) -> None:
+        """Abort this controller's Train run as Train's own Ctrl-C handler does: a call to
+        ``abort`` on the controller actor, which runs once this report's handling returns."""
+        controller = ray.get_runtime_context().current_actor
+        controller.abort.remote()
+
+
+#: What ``fit_and_forward``'s ``fit()`` thread puts last (reports are dicts, never this).
+_FIT_ENDED = "ablate: fit() ended"
+
+
+def new_channel(trial_id: str) -> str:
+    """A channel name for one ``fit()`` of ``trial_id`` (a retried trial gets a fresh one, so
+    nothing its earlier attempt left in the relay reaches it)."""
+    return f"{trial_id}-{uuid.uuid4().hex[:8]}"
+
+
+def fit_and_forward(
+    fit: Callable[[], Any],
+    relay: Any,
+    channel: str,
+    report: Callable[[dict[str, Any]], None],
+    poll_s: float = POLL_S,
+) -> Any:
+    """Run ``fit()`` (a trainer whose ``RelayReportCallback`` puts into ``channel``) in a thread;
+    pass each report it relays to ``report`` (``ray.tune.report``) in this thread, in order.
+
+    Returns what ``fit()`` returned once every report was passed on; raises what ``fit()``
+    raised (after the reports made before it), or what ``report`` raises (as Tune's session
+    does to end a stopped trial). The channel is closed either way: a run still going then
+    aborts at its next report (``RelayReportCallback``), and its ``fit()`` thread ends.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fit()
+        except BaseException as error:  # handed to the caller's thread, re-raised there
+            outcome["error"] = error
+        finally:
+            ray.get(relay.put.remote(channel, _FIT_ENDED))
+
+    thread = threading.Thread(target=run, name=f"fit-{channel}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ray.get(relay.get.remote(channel, poll_s))
+            if item == _FIT_ENDED:
+                if "error" in outcome:
+                    raise outcome["error"]
+                return outcome.get("value")
+            if item is not None:
+                report(item)
+            elif not thread.is_alive():
+                raise RuntimeError(f"the fit() thread of {channel} ended without a result")
+    finally:
+        relay.close.remote(channel)
