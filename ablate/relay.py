@@ -4,8 +4,8 @@ A Tune trial here is a function that runs one ``TorchTrainer`` (``ablate.sweep``
 its workers make reach the Train controller, a separate actor, and must reach Tune through the
 trial's own actor. Ray's ``ray.tune.integration.ray_train.TuneReportCallback`` carries them
 through a ``ray.util.queue.Queue``: one more actor, hence one more Python process importing
-Ray's serializers (pydantic, pyarrow), started with every trial (1.9 CPU-s of each trial's
-start-up on 2 cores, measured with ``benchmarks/startup.py``).
+Ray's serializers (pydantic, pyarrow), started with every trial: 1.9 CPU-s of each trial's
+start-up on 2 cores (each process's CPU time, polled through a quickstart sweep).
 
 ``ReportRelay`` is that queue for a whole sweep from one actor, one bounded channel per Train
 run: ``RelayReportCallback`` (a Train ``UserCallback``, in the controller) puts each report
