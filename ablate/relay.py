@@ -66,10 +66,12 @@ class ReportRelay:
             return False
         put = asyncio.ensure_future(items.put(item))
         close = asyncio.ensure_future(closed.wait())
-        await asyncio.wait({put, close}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({put, close}, return_when=asyncio.FIRST_COMPLETED)
         close.cancel()
-        put.cancel()  # no-op once done
-        return put.done() and not put.cancelled() and not closed.is_set()
+        if put in done and not closed.is_set():
+            return True
+        put.cancel()
+        return False
 
     async def get(self, channel: str, timeout_s: float) -> Any:
         items, _ = self._channel(channel)
