@@ -1,5 +1,6 @@
 """Real servers for the tests, on loopback only, stopped by PID: a Ray head started with
-``ray start``, an ``mlflow server``, headless Chromium; and what listens on which address.
+``ray start``, an ``mlflow server``, headless Chromium; what listens on which address; and the
+placement groups a Ray cluster still holds.
 
 Nothing here is a test; ``test_cluster``, ``test_faults`` and ``test_safety`` use it.
 """
@@ -41,6 +42,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def placement_groups_left() -> list[str]:
+    """Ids of the connected Ray cluster's placement groups that are not removed."""
+    import ray
+
+    return [
+        pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"
+    ]
 
 
 def closed_port() -> int:

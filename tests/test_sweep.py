@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from local_servers import placement_groups_left
 
 from ablate.preflight import (
     check_cluster,
@@ -315,10 +316,9 @@ def ray_cluster():
 
 #: Actors a sweep creates: per trial Tune's trial actor, the Train controller, its
 #: synchronization actor and the workers; per sweep the placement-group janitor and the report
-#: relay (and, were Ray's TuneReportCallback used, a report queue per trial).
+#: relay.
 TRIAL_ACTORS = (
     "ImplicitFunc",
-    "_QueueActor",
     "TrainController",
     "SynchronizationActor",
     "RayTrainWorker",
@@ -342,14 +342,11 @@ def _actor_ids() -> set[str]:
 
 def _leftovers() -> tuple[list[str], list[str], list[int]]:
     """Alive trial actors, placement groups not removed, and trial processes still running."""
-    import ray
     from ray._private import state  # the GCS actor table; ray.util.state needs a dashboard
 
     actors = [a for a in state.actors().values() if a["ActorClassName"] in TRIAL_ACTORS]
     alive = [a["ActorClassName"] for a in actors if a["State"] != "DEAD"]
-    groups = [
-        pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"
-    ]
+    groups = placement_groups_left()
     running = [a["Pid"] for a in actors if a["Pid"] and _process_exists(a["Pid"])]
     return alive, groups, running
 

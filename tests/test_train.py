@@ -9,6 +9,7 @@ import warnings
 import pytest
 import ray
 import torch
+from local_servers import placement_groups_left
 
 from ablate import vocabulary
 from ablate.config import TrialConfig, resolve
@@ -114,20 +115,14 @@ def test_a_run_whose_trial_stops_taking_reports_is_aborted(local_ray, tmp_path):
         with pytest.raises(SystemExit):
             relay.fit_and_forward(trainer.fit, handle, channel, stop_at_first)
         deadline = time.time() + 90
-        while _placement_groups_left() and time.time() < deadline:
+        while placement_groups_left() and time.time() < deadline:
             time.sleep(0.5)
-        assert _placement_groups_left() == []
+        assert placement_groups_left() == []
         assert [report["epoch"] for report in reports] == [1]
         kept = sorted((tmp_path / "stopped").glob("epoch_*"))
         assert kept and kept[-1].name <= "epoch_00004", kept  # aborted, not trained to the end
     finally:
         relay.stop_relay(handle)
-
-
-def _placement_groups_left() -> list[str]:
-    return [
-        pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"
-    ]
 
 
 @pytest.mark.slow
