@@ -441,6 +441,22 @@ class ResourcesConfig(StrictModel):
         1.0, gt=0.0, description="CPUs each worker reserves (also its torch threads)."
     )
     gpus_per_worker: float = Field(0.0, ge=0.0, description="Fractions pack trials on one GPU.")
+    stall_timeout_s: float = Field(
+        600.0,
+        gt=0.0,
+        le=7 * 24 * 3600.0,
+        description="Seconds without any sign of progress from a running trial's workers (a "
+        "training step, an evaluation batch or an epoch's report) after which the trial ends "
+        "failed with the reason 'stalled', its worker group is torn down and the sweep goes on.",
+    )
+    schedule_timeout_s: float = Field(
+        900.0,
+        gt=0.0,
+        le=7 * 24 * 3600.0,
+        description="Seconds a trial's worker group may wait for the cluster to hold it (its "
+        "placement group) before the sweep says what holds the resources and ends with an "
+        "error, instead of waiting forever.",
+    )
 
 
 # ----------------------------------------------------------------------------- trial
