@@ -10,7 +10,9 @@ three named points of the trial loop; nothing else in the loop knows about fault
 * :meth:`FaultInjector.after_epoch`: after the epoch's report (and checkpoint),
   ``raise_once_at_epoch`` raises on rank 0 and ``kill_once_at_epoch`` SIGKILLs rank 0's
   process, each only in a worker group that did not resume from a checkpoint, so Ray Train's
-  restart from the checkpoint then runs to the end.
+  restart from the checkpoint then runs to the end; ``stop_at_epoch`` SIGSTOPs rank 0 (a hung
+  worker) and ``crash_at_epoch`` SIGSEGVs it in every worker group (a native crash that
+  repeats).
 
 :class:`NaNLossFromCall` wraps a loss module so that it turns NaN in mid-epoch, for checks of
 a single step's divergence path (``tests/test_step.py``, ``benchmarks/step_check.py``).
@@ -51,7 +53,16 @@ class FaultInjector:
     def after_epoch(self, epoch: int, checkpoint_dir_name: str | None) -> None:
         """Raise or kill rank 0 after ``epoch`` was reported; ``checkpoint_dir_name``: the
         checkpoint that report carried (None: none), which a kill waits to be registered."""
-        if self.resumed or self.rank != 0:
+        if self.rank != 0:
+            return
+        if self.config.stop_at_epoch == epoch:
+            # A hung process: alive to the OS and to Ray, doing nothing, never reporting.
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if self.config.crash_at_epoch == epoch:
+            # A native crash, as a segfault in a kernel: Python's handler dumps the stack to
+            # the worker's log and the process dies of the signal.
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if self.resumed:
             return
         if self.config.raise_once_at_epoch == epoch:
             raise RuntimeError(

@@ -11,15 +11,20 @@ importing Ray Train (2.8 CPU-s of each trial's start-up on 2 cores, measured).
 ``PlacementGroupJanitor`` is that guard for a whole sweep from one actor: every controller
 registers its placement group with it (``JanitorCallback``, a Train callback) and unregisters
 when it shuts down properly; the janitor checks the registered controllers every
-``interval_s`` through Ray's state API (``ray.util.state.get_actor``, as Train's cleaner does)
-and removes the placement group of any that is dead. ``start_janitor`` starts it as a named
-actor owned by the sweep's driver; ``stop_janitor`` waits for the controllers still registered
-to end (removing what they leave), then ends it.
+``interval_s`` in the GCS's actor table (Train's cleaner asks ``ray.util.state.get_actor``,
+which needs the dashboard) and removes the placement group of any that is dead. It also
+removes every placement group of the sweep's job whose creator actor is dead
+(``orphaned_groups``), which covers a group still waiting to be placed when its controller
+died: such a group was placed later and kept the cores reserved, freezing the sweep (issue 22).
+``start_janitor`` starts it as a named actor owned by the sweep's driver; ``stop_janitor`` waits
+for the controllers still registered to end (removing what they leave), then ends it.
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -35,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two checks of the registered controllers.
 CHECK_INTERVAL_S = 1.0
-#: Seconds without an answer from the state API after which ``drain`` stops waiting.
+#: Seconds without an answer from the GCS after which ``drain`` stops waiting.
 UNANSWERED_S = 10.0
 
 
@@ -52,7 +57,11 @@ class PlacementGroupJanitor:
     def __init__(self, interval_s: float = CHECK_INTERVAL_S) -> None:
         self._interval_s = interval_s
         self._groups: dict[str, Any] = {}  # controller actor id (hex) -> PlacementGroup
+        self._trials: dict[str, str] = {}  # controller actor id -> its Train run's name (trial)
+        # controller actor id -> (since when, wall-clock s; the worker group's bundles)
+        self._waiting: dict[str, tuple[float, list[dict[str, float]]]] = {}
         self._removed: list[str] = []
+        self._job_id = ray.get_runtime_context().get_job_id()
         self._lock = threading.Lock()
         # One check at a time: drain's check then returns only after a removal the watcher
         # had under way is done and recorded (else the janitor could be killed mid-removal).
@@ -60,13 +69,42 @@ class PlacementGroupJanitor:
         self._thread = threading.Thread(target=self._watch, name="janitor", daemon=True)
         self._thread.start()
 
-    def register(self, controller_id: str, placement_group: Any) -> None:
+    def register(self, controller_id: str, placement_group: Any, trial: str | None = None) -> None:
         with self._lock:
             self._groups[controller_id] = placement_group
+            self._waiting.pop(controller_id, None)
+            if trial is not None:
+                self._trials[controller_id] = trial
+
+    def waiting(self, controller_id: str, trial: str, bundles: list[dict[str, float]]) -> None:
+        """The controller of ``trial`` asks the cluster for a worker group of ``bundles``; a
+        retried request keeps the time of the first one."""
+        with self._lock:
+            self._trials[controller_id] = trial
+            since = self._waiting.get(controller_id, (time.time(), bundles))[0]
+            self._waiting[controller_id] = (since, bundles)
 
     def release(self, controller_id: str) -> None:
         with self._lock:
             self._groups.pop(controller_id, None)
+            self._waiting.pop(controller_id, None)
+            self._trials.pop(controller_id, None)
+
+    def view(self) -> dict[str, Any]:
+        """What this sweep's trials hold and wait for: ``{"holding": [{"trial",
+        "placement_group" (hex id)}], "waiting": [{"trial", "waited_s", "bundles"}]}``."""
+        now = time.time()
+        with self._lock:
+            return {
+                "holding": [
+                    {"trial": self._trials.get(c, "?"), "placement_group": g.id.hex()}
+                    for c, g in self._groups.items()
+                ],
+                "waiting": [
+                    {"trial": self._trials.get(c, "?"), "waited_s": now - since, "bundles": b}
+                    for c, (since, b) in self._waiting.items()
+                ],
+            }
 
     def removed(self) -> list[str]:
         with self._lock:
@@ -74,8 +112,8 @@ class PlacementGroupJanitor:
 
     def drain(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every registered controller to end or release its group
-        (checking as the watcher does; it gives up once the state API has not answered for
-        ``UNANSWERED_S``, as without a dashboard); returns how many are still registered."""
+        (checking as the watcher does; it gives up once the GCS has not answered for
+        ``UNANSWERED_S``); returns how many are still registered."""
         deadline = time.monotonic() + timeout_s
         unanswered_since: float | None = None
         while True:
@@ -98,14 +136,20 @@ class PlacementGroupJanitor:
                 logger.warning("placement-group janitor: check failed", exc_info=True)
 
     def _check(self) -> bool:
-        """Remove the groups of dead controllers; returns whether the state API answered."""
+        """Remove the groups of dead controllers; returns whether the GCS answered."""
         with self._checking:
             return self._check_once()
 
     def _check_once(self) -> bool:
         with self._lock:
             watched = list(self._groups.items())
+            waiting = [c for c in self._waiting if c not in self._groups]
         answered = True
+        for controller_id in waiting:
+            if _actor_alive(controller_id) is False:
+                with self._lock:
+                    self._waiting.pop(controller_id, None)
+                    self._trials.pop(controller_id, None)
         for controller_id, group in watched:
             alive = _actor_alive(controller_id)
             answered = answered and alive is not None
@@ -115,6 +159,15 @@ class PlacementGroupJanitor:
                 if self._groups.get(controller_id) is not group:
                     continue  # released or replaced meanwhile
                 del self._groups[controller_id]
+                self._trials.pop(controller_id, None)
+            if _remove(group):
+                with self._lock:
+                    self._removed.append(group.id.hex())
+        try:
+            orphans = orphaned_groups(self._job_id)
+        except Exception:
+            return False
+        for group in orphans:
             if _remove(group):
                 with self._lock:
                     self._removed.append(group.id.hex())
@@ -122,15 +175,47 @@ class PlacementGroupJanitor:
 
 
 def _actor_alive(actor_id: str) -> bool | None:
-    """Whether the actor is alive per Ray's state API (it needs the dashboard); None when the
-    API cannot tell."""
-    from ray.util.state import get_actor
+    """Whether the actor is alive per the GCS's actor table; None when the GCS cannot tell.
+
+    The GCS is asked directly (``ray._private.state.actors``, what ``ray.util.state`` serves
+    through the dashboard): the dashboard starts seconds after the cluster and answers slowly
+    on loaded cores, and a janitor that cannot tell keeps a dead trial's group reserved, which
+    froze sweeps (issue 22). An id the table no longer holds was a dead actor's.
+    """
+    from ray._private import state
 
     try:
-        state = get_actor(actor_id, timeout=10)
+        info = state.actors(actor_id)
     except Exception:
         return None
-    return state is not None and state.state != "DEAD"
+    return bool(info) and info.get("State") != "DEAD"
+
+
+def orphaned_groups(job_id: str) -> list[Any]:
+    """Placement groups of job ``job_id`` (hex) that are not removed, not detached, and whose
+    creator actor is dead, per the GCS's placement-group table: a Train controller killed
+    with its trial (Tune's stop, the stall watchdog, a retried trial) leaves its group behind
+    whether it was holding resources or still waiting for them (a pending group is placed
+    later and then holds them), as Ray ties a group's life to the job, not to its creator."""
+    from ray._private import state
+    from ray._raylet import PlacementGroupID
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup
+
+    table = gcs_pb2.PlacementGroupTableData
+    found = []
+    for raw in state.state._connect_and_get_accessor().get_placement_group_table():
+        data = table.FromString(raw)
+        if (
+            data.state == table.REMOVED
+            or data.is_detached
+            or not data.creator_actor_id
+            or not data.creator_actor_dead
+            or data.creator_job_id.hex() != job_id
+        ):
+            continue
+        found.append(PlacementGroup(PlacementGroupID(data.placement_group_id)))
+    return found
 
 
 def _remove(placement_group: Any) -> bool:
@@ -140,7 +225,9 @@ def _remove(placement_group: Any) -> bool:
     if placement_group_table(placement_group).get("state", "REMOVED") == "REMOVED":
         return False
     remove_placement_group(placement_group)
-    logger.warning("removed placement group %s of a dead Train controller", placement_group.id)
+    logger.warning(
+        "removed placement group %s: its creator (a Train controller) died", placement_group.id
+    )
     return True
 
 
@@ -191,15 +278,23 @@ class JanitorCallback(ControllerCallback, WorkerGroupCallback):
         self.janitor_name = janitor_name
         self._janitor: Any = None
         self._controller_id: str | None = None
+        self._trial: str | None = None
 
     def after_controller_start(self, train_run_context: Any) -> None:
         self._controller_id = ray.get_runtime_context().get_actor_id()
         self._janitor = ray.get_actor(self.janitor_name)
+        self._trial = train_run_context.run_config.name
+
+    def before_worker_group_start(self, worker_group_context: Any) -> None:
+        bundles = [dict(worker_group_context.resources_per_worker)] * int(
+            worker_group_context.num_workers
+        )
+        self._janitor.waiting.remote(self._controller_id, self._trial, bundles)
 
     def after_worker_group_start(self, worker_group: Any) -> None:
         state = worker_group.get_worker_group_state()
         group = state.placement_group_handle.placement_group
-        ray.get(self._janitor.register.remote(self._controller_id, group))
+        ray.get(self._janitor.register.remote(self._controller_id, group, self._trial))
 
     async def before_controller_shutdown(self) -> None:
         self._release()
@@ -210,3 +305,138 @@ class JanitorCallback(ControllerCallback, WorkerGroupCallback):
     def _release(self) -> None:
         if self._janitor is not None:
             self._janitor.release.remote(self._controller_id)
+
+
+# ----------------------------------------------------------------------------- the watch
+
+
+def _bundle_text(bundles: list[dict[str, float]]) -> str:
+    """``[{"CPU": 1.0}, {"CPU": 1.0}]`` -> ``2 x {CPU: 1}``."""
+
+    def one(bundle: dict[str, float]) -> str:
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(bundle.items())) + "}"
+
+    if not bundles:
+        return "nothing"
+    if all(b == bundles[0] for b in bundles):
+        return f"{len(bundles)} x {one(bundles[0])}"
+    return " + ".join(one(b) for b in bundles)
+
+
+def describe_reservations(
+    view: dict[str, Any],
+    groups: dict[str, dict[str, Any]],
+    total: dict[str, float],
+    free: dict[str, float],
+) -> str:
+    """Who holds the cluster: ``view`` is ``PlacementGroupJanitor.view()``, ``groups`` Ray's
+    ``placement_group_table()``, ``total``/``free`` ``ray.cluster_resources()`` /
+    ``ray.available_resources()``. One sentence a user can act on."""
+    kinds = [k for k in ("CPU", "GPU") if total.get(k)]
+    capacity = ", ".join(f"{free.get(k, 0.0):g} of {total[k]:g} {k} free" for k in kinds)
+    held_by = {h["placement_group"]: h["trial"] for h in view.get("holding", [])}
+    parts = []
+    for group_id, group in groups.items():
+        if group.get("state") not in ("CREATED", "RESCHEDULING"):
+            continue
+        bundles = [dict(b) for b in (group.get("bundles") or {}).values()]
+        if group_id in held_by:
+            parts.append(f"trial {held_by[group_id]} ({_bundle_text(bundles)})")
+        else:
+            parts.append(
+                f"placement group {group_id[:12]} ({_bundle_text(bundles)}) of no running "
+                "trial of this sweep (another job, or a trial that died without releasing it)"
+            )
+    held = "; ".join(parts) if parts else "no placement group (ordinary tasks or actors)"
+    return f"the cluster has {capacity or 'no CPU or GPU'}; reserved by: {held}"
+
+
+class ReservationWatch:
+    """Driver-side watch (a thread, ``start``/``stop``) of trials whose worker group waits for
+    the cluster: once one has waited ``warn_after_s`` it says on the console what it needs and
+    who holds the cluster (``describe_reservations``), again every ``repeat_s``; once one has
+    waited ``timeout_s`` (``resources.schedule_timeout_s``) it records ``error`` and interrupts
+    the main thread as Ctrl-C does, so that Tune ends the sweep with its state saved (a
+    ``--resume`` continues it) instead of waiting forever.
+
+    ``janitor``: the sweep's ``PlacementGroupJanitor`` handle; ``say``: prints one line.
+    """
+
+    def __init__(
+        self,
+        janitor: Any,
+        timeout_s: float,
+        say: Any,
+        *,
+        warn_after_s: float | None = None,
+        repeat_s: float = 300.0,
+        check_every_s: float = 5.0,
+    ) -> None:
+        self.janitor = janitor
+        self.timeout_s = timeout_s
+        self.warn_after_s = min(60.0, timeout_s / 2) if warn_after_s is None else warn_after_s
+        self.repeat_s = repeat_s
+        self.check_every_s = check_every_s
+        self.say = say
+        self.error: str | None = None
+        self._warned: dict[str, float] = {}  # trial -> its wait when last reported (s)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="reservation-watch", daemon=True)
+
+    def start(self) -> ReservationWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            try:
+                if self.check():
+                    return
+            except Exception:  # a slow or restarting GCS: the next check retries
+                logger.warning("reservation watch: check failed", exc_info=True)
+
+    def check(self) -> bool:
+        """One look; returns True once the sweep was told to end."""
+        from ray.util.placement_group import placement_group_table
+
+        view = ray.get(self.janitor.view.remote(), timeout=30)
+        longest = max(view["waiting"], key=lambda w: w["waited_s"], default=None)
+        if longest is None:
+            self._warned.clear()
+            return False
+        trial, waited = longest["trial"], longest["waited_s"]
+        if waited < self.warn_after_s:
+            return False
+        last = self._warned.get(trial)
+        if waited < self.timeout_s and last is not None and waited - last < self.repeat_s:
+            return False
+        self._warned[trial] = waited
+        held = describe_reservations(
+            view, placement_group_table(), ray.cluster_resources(), ray.available_resources()
+        )
+        need = _bundle_text(longest["bundles"])
+        if waited < self.timeout_s:
+            self.say(
+                f"warning: trial {trial} has waited {waited:.0f} s for its worker group "
+                f"({need}); {held}. The sweep ends after {self.timeout_s:g} s of waiting "
+                "(resources.schedule_timeout_s)."
+            )
+            return False
+        with self._lock:
+            if self._stop.is_set():
+                return True
+            self.error = (
+                f"trial {trial} could not start for {waited:.0f} s "
+                f"(resources.schedule_timeout_s={self.timeout_s:g}): it needs {need}; {held}. "
+                "Free those resources (`ray status`, `ray list placement-groups`) or raise "
+                "resources.schedule_timeout_s, then run the same command with --resume."
+            )
+            self.say(f"error: {self.error}")
+            _thread.interrupt_main(signal.SIGINT)
+        return True

@@ -27,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2.api.callback import UserCallback
 
 #: The key Ray's ``TuneReportCallback`` gives a reported checkpoint's path in Tune's results.
@@ -52,6 +54,8 @@ class ReportRelay:
     def __init__(self) -> None:
         self._open: dict[str, asyncio.Queue[Any]] = {}
         self._closed: dict[str, asyncio.Event] = {}
+        self._beats: dict[str, dict[int, float]] = {}  # channel -> rank -> last sign (monotonic)
+        self._controllers: dict[str, Any] = {}  # channel -> its Train controller's handle
 
     def _channel(self, channel: str) -> tuple[asyncio.Queue[Any] | None, asyncio.Event]:
         """The channel's queue (None once closed) and its closed flag; opened at first use."""
@@ -64,6 +68,12 @@ class ReportRelay:
         items, closed = self._channel(channel)
         if items is None:
             return False
+        # A report is a barrier of every rank (Train gathers them): each one is alive.
+        beats = self._beats.get(channel)
+        if beats:
+            now = time.monotonic()
+            for rank in beats:
+                beats[rank] = now
         put = asyncio.ensure_future(items.put(item))
         close = asyncio.ensure_future(closed.wait())
         done, _ = await asyncio.wait({put, close}, return_when=asyncio.FIRST_COMPLETED)
@@ -85,6 +95,36 @@ class ReportRelay:
     async def close(self, channel: str) -> None:
         self._channel(channel)[1].set()  # wakes the puts waiting for room: they return False
         self._open.pop(channel, None)  # the flag stays, so later puts return False too
+        self._beats.pop(channel, None)
+        self._controllers.pop(channel, None)
+
+    async def beat(self, channel: str, rank: int) -> None:
+        """Worker ``rank`` of the run on ``channel`` is alive (``Heartbeat``)."""
+        if channel in self._open or channel not in self._closed:
+            self._beats.setdefault(channel, {})[rank] = time.monotonic()
+
+    async def quiet(self, channel: str) -> tuple[float, int] | None:
+        """(seconds since the quietest worker's last sign of life, its rank); None before
+        any worker of the run beat (its worker group has not started)."""
+        beats = self._beats.get(channel)
+        if not beats:
+            return None
+        rank, last = min(beats.items(), key=lambda item: item[1])
+        return time.monotonic() - last, rank
+
+    async def attach(self, channel: str, controller: Any) -> None:
+        """The Train controller running ``channel``'s run (``RelayReportCallback``)."""
+        self._controllers[channel] = controller
+
+    async def kill_run(self, channel: str) -> bool:
+        """Kill the Train controller of ``channel``'s run: its workers die with it (they are
+        its actors) and the sweep's ``ablate.placement`` janitor removes its placement group.
+        Returns whether a controller was attached."""
+        controller = self._controllers.pop(channel, None)
+        if controller is None:
+            return False
+        ray.kill(controller, no_restart=True)
+        return True
 
 
 def start_relay() -> Any:
@@ -109,7 +149,7 @@ def stop_relay(handle: Any) -> None:
     ray.kill(handle)
 
 
-class RelayReportCallback(UserCallback):
+class RelayReportCallback(UserCallback, ControllerCallback):
     """Ray Train callback (it runs in the Train controller): puts every report of the run into
     ``channel`` of ``relay`` (a ``ReportRelay`` handle) and returns once the relay holds it;
     once the channel is closed (the trial was stopped) it aborts the run instead.
@@ -121,6 +161,10 @@ class RelayReportCallback(UserCallback):
     def __init__(self, relay: Any, channel: str) -> None:
         self.relay = relay
         self.channel = channel
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        # So that the trial's stall watchdog can end a run whose workers stopped reporting.
+        self.relay.attach.remote(self.channel, ray.get_runtime_context().current_actor)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
         item = dict(metrics[0])
@@ -146,12 +190,17 @@ def new_channel(trial_id: str) -> str:
     return f"{trial_id}-{uuid.uuid4().hex[:8]}"
 
 
+class TrialStalledError(RuntimeError):
+    """A trial's workers gave no sign of life for longer than ``resources.stall_timeout_s``."""
+
+
 def fit_and_forward(
     fit: Callable[[], Any],
     relay: Any,
     channel: str,
     report: Callable[[dict[str, Any]], None],
     poll_s: float = POLL_S,
+    stall_timeout_s: float | None = None,
 ) -> Any:
     """Run ``fit()`` (a trainer whose ``RelayReportCallback`` puts into ``channel``) in a thread;
     pass each report it relays to ``report`` (``ray.tune.report``) in this thread, in order.
@@ -160,6 +209,12 @@ def fit_and_forward(
     raised (after the reports made before it), or what ``report`` raises (as Tune's session
     does to end a stopped trial). The channel is closed either way: a run still going then
     aborts at its next report (``RelayReportCallback``), and its ``fit()`` thread ends.
+
+    The stall watchdog: once the run's workers beat (``Heartbeat``), a worker silent for
+    ``stall_timeout_s`` seconds (a stopped or hung process; reports count as beats) gets its
+    Train controller killed (``ReportRelay.kill_run``: the workers and, through the janitor,
+    the placement group go with it) and ``TrialStalledError`` is raised, so that the trial ends
+    failed and the sweep goes on.
     """
     outcome: dict[str, Any] = {}
 
@@ -184,7 +239,42 @@ def fit_and_forward(
                 return outcome.get("value")
             if item is not None:
                 report(item)
-            elif not thread.is_alive():
+                continue
+            if not thread.is_alive():
                 raise RuntimeError(f"the fit() thread of {channel} ended without a result")
+            quiet = ray.get(relay.quiet.remote(channel)) if stall_timeout_s else None
+            if quiet is not None and quiet[0] > stall_timeout_s:
+                ray.get(relay.kill_run.remote(channel))
+                raise TrialStalledError(
+                    f"stalled: worker rank {quiet[1]} gave no sign of life for {quiet[0]:.0f} s "
+                    f"(resources.stall_timeout_s={stall_timeout_s:g}); its worker group was "
+                    "torn down"
+                )
     finally:
         relay.close.remote(channel)
+
+
+class Heartbeat:
+    """A daemon thread of a Train worker that tells ``relay`` every ``every_s`` seconds that
+    worker ``rank`` of ``channel``'s run is alive (``ReportRelay.beat``), for the stall
+    watchdog of ``fit_and_forward``. A stopped process (SIGSTOP), one frozen in native code
+    that holds the GIL, or a dead one stops beating; ``stop()`` ends the thread."""
+
+    def __init__(self, relay: Any, channel: str, rank: int, every_s: float = 5.0) -> None:
+        self.relay, self.channel, self.rank, self.every_s = relay, channel, rank, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a relay gone: nobody listens any more
+                self.relay.beat.remote(self.channel, self.rank)
+            if self._stop.wait(self.every_s):
+                return
