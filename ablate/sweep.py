@@ -673,6 +673,7 @@ def run_sweep(
             spec_text=plan.text,
             storage_path=plan.storage_path,
             metric=plan.metric,
+            results_dir=plan.experiment_dir,
         )
         callbacks = [tracking.MlflowCallback(tracker), *callbacks]
     with tracker if tracker is not None else contextlib.nullcontext():

@@ -20,13 +20,20 @@ runs through ``search_runs``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import logging
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -109,6 +116,106 @@ _BATCH_METRICS = 1000
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which URI and what to do."""
+
+
+# ----------------------------------------------------------------------------- storage errors
+
+#: What an errno of a full or read-only storage means, in the message.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.EDQUOT: "disk quota exceeded",
+}
+#: The same, as it reads in an error's text: SQLite's SQLITE_FULL and SQLITE_READONLY, and the
+#: OSError texts of the errnos (a trial's error arrives as its traceback's text).
+_STORAGE_TEXTS = (
+    ("database or disk is full", "the database or its disk is full"),
+    ("attempt to write a readonly database", "the database is read-only"),
+    ("No space left on device", _STORAGE_ERRNOS[errno.ENOSPC]),
+    ("Read-only file system", _STORAGE_ERRNOS[errno.EROFS]),
+    ("Disk quota exceeded", _STORAGE_ERRNOS[errno.EDQUOT]),
+)
+_ERRNO_CODES = "|".join(str(code) for code in _STORAGE_ERRNOS)
+_ERRNO_PATH = re.compile(rf"\[Errno (?:{_ERRNO_CODES})\] [^'\n]*?: '([^'\n]+)'")
+#: Resuming is the way out of a storage error that stopped a sweep.
+RESUME_HINT = (
+    "Free space on that file system (or make it writable), then rerun the same command with "
+    "--resume: finished trials are kept, the others continue from their last checkpoints, and "
+    "epochs missing from MLflow are logged from the trials' own results."
+)
+
+
+class StorageError(RuntimeError):
+    """A write failed because its storage is full or read-only (SQLite "database or disk is
+    full", OSError ENOSPC / EROFS / EDQUOT).
+
+    ``what`` names the storage (``MLflow store``, ``results``, ``report``), ``path`` the file or
+    store, ``reason`` the cause in words and ``todo`` the way out; ``notes`` are appended (e.g.
+    whether the sweep's MLflow runs could be marked). ``exit_status`` is the entrypoints' exit
+    status for it (74, sysexits' EX_IOERR).
+    """
+
+    exit_status = 74
+
+    def __init__(self, what: str, path: str, reason: str, todo: str = RESUME_HINT) -> None:
+        super().__init__(what, path, reason, todo)
+        self.what, self.path, self.reason, self.todo = what, path, reason, todo
+        self.notes: list[str] = []
+
+    def __str__(self) -> str:
+        return " ".join([f"{self.what} {self.path}: {self.reason}.", *self.notes, self.todo])
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def storage_reason(text: str) -> tuple[str, str | None] | None:
+    """``(reason, path or None)`` when an error's text says its storage is full or read-only
+    (a trial's error reaches the driver as text); else None."""
+    for needle, reason in _STORAGE_TEXTS:
+        if needle in text:
+            found = _ERRNO_PATH.search(text)
+            return reason, found.group(1) if found else None
+    return None
+
+
+def storage_error(
+    exc: BaseException,
+    path: str | os.PathLike[str] | None = None,
+    what: str = "storage",
+    todo: str = RESUME_HINT,
+) -> StorageError | None:
+    """The ``StorageError`` that ``exc`` (or an exception in its chain) amounts to, else None.
+
+    An OSError names its own file; otherwise ``path`` (the store or directory being written)
+    is named, or the path an OSError's text holds. A ``StorageError`` in the chain is
+    returned as it is.
+    """
+    for link in _chain(exc):
+        if isinstance(link, StorageError):
+            return link
+        if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
+            named = link.filename if link.filename else path
+            return StorageError(what, str(named or "?"), _STORAGE_ERRNOS[link.errno], todo)
+    for link in _chain(exc):
+        found = storage_reason(str(link))
+        if found is not None:
+            reason, named = found
+            return StorageError(what, str(named or path or "?"), reason, todo)
+    return None
+
+
+def store_name(tracking_uri: str) -> str:
+    """How a message names an MLflow store: a SQLite store's database file, else its URI."""
+    db = _sqlite_path(tracking_uri)
+    return str(db) if db is not None else tracking_uri
 
 
 # ----------------------------------------------------------------------------- URIs
@@ -422,6 +529,58 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: Storage failures met by a Tune callback, by (tracking URI, experiment, execution), for the
+#: driver's ``with tracker`` block to raise once Tune has stopped.
+_FAILURES: dict[tuple[str, str, str], StorageError] = {}
+
+
+def _store_errors(method: Any) -> Any:
+    """A ``SweepTracker`` method that raises a full or read-only store as ``StorageError``."""
+
+    @functools.wraps(method)
+    def wrapped(self: SweepTracker, *args: Any, **kwargs: Any) -> Any:
+        with self._storage_errors():
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
+def _read_text(path: str) -> str | None:
+    """A local file's or a URI's (``pyarrow.fs``) text; None when it does not exist."""
+    try:
+        if "://" not in path:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        with fs.open_input_stream(inner) as stream:
+            return stream.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def recorded_results(paths: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """A trial's own record of its epochs: the first result of each epoch in the ``result.json``
+    files (Tune's ``JsonLoggerCallback``, one JSON result a line) at ``paths``, by epoch.
+
+    The first, as ``SweepTracker.log_epoch`` logs the first report of an epoch; a line cut
+    short (a driver killed mid-write) or without an epoch is skipped.
+    """
+    results: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        text = _read_text(path)
+        for line in (text or "").splitlines():
+            try:
+                result = json.loads(line)
+                epoch = result_epoch(result)
+            except (ValueError, TypeError):
+                continue
+            if epoch >= 1:
+                results.setdefault(epoch, result)
+    return results
+
+
 class SweepTracker:
     """Logs one sweep execution to MLflow: a parent run and one child run per trial.
 
@@ -431,6 +590,10 @@ class SweepTracker:
 
     In the driver: ``with tracker: tuner.fit()`` (with ``MlflowCallback(tracker)`` among the
     Tune callbacks) closes the parent whatever happens.
+
+    ``results_dir``: the sweep's Tune experiment directory (``<storage>/<sweep>``, a path or
+    URI), whose ``<trial_id>/result.json`` are the trials' own records: a continued execution
+    logs the epochs its runs lack from them (``backfill``).
     """
 
     def __init__(
@@ -444,8 +607,10 @@ class SweepTracker:
         artifact_location: str | None = None,
         tags: dict[str, str] | None = None,
         metric: str = vocabulary.DEFAULT_RANKING_METRIC,
+        results_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.results_dir = str(results_dir) if results_dir is not None else None
         self.metric = metric
         self.experiment = experiment
         self.execution = execution or time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -481,11 +646,16 @@ class SweepTracker:
 
     # -- sweep level
 
+    @_store_errors
     def start(self) -> str:
         """Check the store, find or create the experiment and the parent run; its id.
 
         A parent of the same sweep and execution is continued (set back to RUNNING) and its
-        child runs are cached, so that resumed trials continue their own runs.
+        child runs are cached, so that resumed trials continue their own runs; child runs a
+        killed driver left RUNNING are first ended KILLED (``ablate.status=interrupted``), and
+        with ``results_dir`` the epochs the runs lack are logged from the trials' results
+        (``backfill``). Raises ``TrackingError`` (store unusable) or ``StorageError`` (store
+        full or read-only).
         """
         if self.started and not self.closed:
             return self.parent_run_id  # type: ignore[return-value]
@@ -504,7 +674,19 @@ class SweepTracker:
             self.parent_run_id = existing[0].info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
             self._log(self.parent_run_id, tags=tags)
+            left = self._interrupt_running_children(
+                "KILLED", "the sweep's driver ended without closing this run; marked at resume"
+            )
             self._load_children()
+            if self.results_dir is not None:
+                self.backfill()
+            if left.get("interrupted"):
+                logger.warning(
+                    "MLflow: %d trial run(s) of parent run %s were left RUNNING by a driver that "
+                    "did not close them; marked KILLED (interrupted)",
+                    left["interrupted"],
+                    self.parent_run_id,
+                )
             logger.info("MLflow: continuing parent run %s", self.parent_run_id)
         else:
             run = self.client.create_run(
@@ -524,17 +706,20 @@ class SweepTracker:
         Any child run still running is marked KILLED (``ablate.status=interrupted``): the sweep
         ended under it. Call from the driver's ``finally`` / signal handler with ``KILLED`` on
         interruption; a later ``start()`` of the same execution sets the runs back to RUNNING.
+        Raises ``StorageError`` when the store is full or read-only (the runs are then marked
+        by the next ``start()`` of the execution).
         """
         if self.closed or not self.started:
             return
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"close status must be FINISHED, FAILED or KILLED, got {status!r}")
-        counts = self._interrupt_running_children(status)
-        self._log(
-            self.parent_run_id,  # type: ignore[arg-type]
-            tags={f"ablate.trials.{k}": str(v) for k, v in sorted(counts.items())},
-        )
-        self.client.set_terminated(self.parent_run_id, status)  # type: ignore[arg-type]
+        with self._storage_errors():
+            counts = self._interrupt_running_children(status)
+            self.client.set_terminated(self.parent_run_id, status)  # type: ignore[arg-type]
+            self._log(
+                self.parent_run_id,  # type: ignore[arg-type]
+                tags={f"ablate.trials.{k}": str(v) for k, v in sorted(counts.items())},
+            )
         for state in self._trials.values():
             state.finished = True
         self.closed = True
@@ -551,18 +736,34 @@ class SweepTracker:
             tags["ablate.storage_path"] = self.storage_path
         return tags
 
-    def _interrupt_running_children(self, status: str) -> dict[str, int]:
-        """End the child runs still RUNNING as ``interrupted``; the count of each outcome."""
+    def _interrupt_running_children(self, status: str, detail: str = "") -> dict[str, int]:
+        """End the child runs still RUNNING as ``interrupted``; the count of each outcome.
+
+        The run's status is set before its tags: on a store that is filling up, the status
+        is what must not stay RUNNING."""
         counts: dict[str, int] = {}
         for run in self._children():
             outcome = run.data.tags.get(TAG_STATUS, "running")
             if run.info.status == "RUNNING":
                 outcome = "interrupted"
-                detail = f"sweep ended ({status}) while the trial was running"
-                self._log(run.info.run_id, tags={TAG_STATUS: outcome, TAG_STATUS_DETAIL: detail})
                 self.client.set_terminated(run.info.run_id, vocabulary.TRIAL_STATUSES[outcome])
+                why = detail or f"sweep ended ({status}) while the trial was running"
+                self._log(run.info.run_id, tags={TAG_STATUS: outcome, TAG_STATUS_DETAIL: why})
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
+
+    @contextlib.contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """Raise a store that is full or read-only as ``StorageError`` naming it."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            failure = storage_error(exc, store_name(self.tracking_uri), "MLflow store")
+            if failure is None:
+                raise
+            raise failure from exc
 
     def __enter__(self) -> SweepTracker:
         self.start()
@@ -570,16 +771,40 @@ class SweepTracker:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
         """Never leave the parent RUNNING: FINISHED, KILLED on Ctrl+C/exit, FAILED on error
-        (a no-op when the Tune callback has already closed it)."""
+        (a no-op when the Tune callback has already closed it).
+
+        A storage failure the Tune callback met (``MlflowCallback``, which stops the sweep) is
+        raised here as ``StorageError``; a store that fails while an exception is already on
+        its way out is logged, not raised over it.
+        """
+        failure = _FAILURES.pop(self._key, None)
         if exc_type is None:
-            self.close("FINISHED")
+            status = "FINISHED" if failure is None else "FAILED"
         elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
-            self.close("KILLED")
+            status = "KILLED"
         else:
-            self.close("FAILED")
+            status = "FAILED"
+        try:
+            self.close(status)
+        except StorageError as error:
+            if exc_type is None and failure is None:
+                raise
+            logger.warning("MLflow: the runs could not be closed: %s", error)
+        if failure is not None and exc_type is None:
+            raise failure
+
+    @property
+    def _key(self) -> tuple[str, str, str]:
+        return (self.tracking_uri, self.experiment, self.execution)
+
+    def record_failure(self, failure: StorageError) -> None:
+        """Keep ``failure`` for the ``with`` block of this execution's tracker to raise (on a
+        resumed sweep, Tune's callback holds its own unpickled tracker)."""
+        _FAILURES.setdefault(self._key, failure)
 
     # -- trial level
 
+    @_store_errors
     def start_trial(
         self,
         trial_id: str,
@@ -622,6 +847,7 @@ class SweepTracker:
         state.finished = False
         return state.run_id
 
+    @_store_errors
     def log_epoch(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Log one reported result at ``step = epoch``; False (nothing logged) for an epoch
         already logged for this trial (Tune restore, Ray Train worker-group restart)."""
@@ -641,6 +867,7 @@ class SweepTracker:
         state.last_result = dict(result)
         return True
 
+    @_store_errors
     def finish_trial(
         self,
         trial_id: str,
@@ -688,6 +915,56 @@ class SweepTracker:
         )
         self.client.set_terminated(state.run_id, vocabulary.TRIAL_STATUSES[status])
         state.finished = True
+
+    def backfill(
+        self, trial_dirs: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, list[int]]:
+        """Log the epochs a trial's own results record but its run lacks; the epochs logged,
+        by trial id (trials with none left out).
+
+        ``trial_dirs``: each trial's directories holding its ``result.json`` (Tune's trial
+        directory in storage, its staging copy on the driver); default: ``<results_dir>/
+        <trial_id>`` of every trial run of this execution. Each missing epoch is one
+        ``log_batch`` at ``step = epoch`` with the result's own timestamp (Tune's ``timestamp``,
+        seconds). Which epochs a run has is read from its ``epoch`` history, which every
+        logged epoch carries. Raises ``StorageError`` when the store is full or read-only.
+        """
+        if not self.started:
+            self.start()
+        if trial_dirs is None:
+            if self.results_dir is None:
+                return {}
+            trial_dirs = {
+                trial_id: [f"{self.results_dir.rstrip('/')}/{trial_id}"]
+                for trial_id in self._trials
+            }
+        logged: dict[str, list[int]] = {}
+        for trial_id, dirs in trial_dirs.items():
+            state = self._trials.get(trial_id)
+            if state is None:
+                continue
+            recorded = recorded_results([f"{d.rstrip('/')}/result.json" for d in dirs])
+            if not recorded:
+                continue
+            with self._storage_errors():
+                history = self.client.get_metric_history(state.run_id, "epoch")
+                have = {int(m.step) for m in history}
+                missing = sorted(set(recorded) - have)
+                for epoch in missing:
+                    result = recorded[epoch]
+                    stamp = result.get("timestamp")
+                    timestamp = int(stamp * 1000) if isinstance(stamp, (int, float)) else _now_ms()
+                    values = {**epoch_metrics(result), "epoch": float(epoch)}
+                    metrics = [Metric(k, v, timestamp, epoch) for k, v in values.items()]
+                    for chunk in _chunks(metrics, _BATCH_METRICS):
+                        self.client.log_batch(state.run_id, metrics=chunk)
+            if missing:
+                logged[trial_id] = missing
+                if missing[-1] > state.last_epoch:
+                    state.last_epoch = missing[-1]
+                    state.last_result = dict(recorded[missing[-1]])
+                logger.info("MLflow: trial %s: logged missing epochs %s", trial_id, missing)
+        return logged
 
     def run_id(self, trial_id: str) -> str | None:
         state = self._trials.get(trial_id)
@@ -783,21 +1060,61 @@ class MlflowCallback(Callback):
 
     With ``strict=False`` (the default) a tracking failure during the sweep is logged as a
     warning and the trials go on; ``strict=True`` re-raises (tests, debugging).
+
+    Storage that is full or read-only (the MLflow store, or a trial that failed writing its
+    checkpoint or results) stops the sweep as Ctrl+C does, through Tune's own interrupt
+    (its SIGUSR1 handler), so that Tune saves its state and every trial can be resumed; the
+    unfinished trials' runs end KILLED, the parent FAILED, and the ``with tracker`` block
+    raises the ``StorageError`` (``SweepTracker.__exit__``). Where Tune has no such handler
+    (``fit()`` outside the main thread) the error is raised from the next step instead.
+    At the end of every sweep the epochs the runs lack are logged from the trials' own
+    results (``SweepTracker.backfill``).
     """
 
     def __init__(self, tracker: SweepTracker, *, strict: bool = False) -> None:
         self.tracker = tracker
         self.strict = strict
+        self.failure: StorageError | None = None
+        self._interrupting = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "failure": None, "_interrupting": False}
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self.failure is not None:
+            return  # the sweep is stopping for it; nothing more is written to a failing store
         try:
             fn(*args, **kwargs)
         except TrackingError:
             raise
-        except Exception:
+        except Exception as exc:
+            failure = storage_error(exc, store_name(self.tracker.tracking_uri), "MLflow store")
+            if failure is not None:
+                self._fail(failure)
+                return
             if self.strict:
                 raise
             logger.warning("MLflow tracking failed in %s; the sweep continues", what, exc_info=True)
+
+    def _fail(self, failure: StorageError, *, interrupt: bool = True) -> None:
+        """Record the first storage failure and ask Tune to stop the sweep (resumably)."""
+        if self.failure is not None:
+            return
+        self.failure = failure
+        self.tracker.record_failure(failure)
+        logger.error("stopping the sweep: %s", failure)
+        handler = signal.getsignal(signal.SIGUSR1)
+        tune_handler = callable(handler) and getattr(handler, "__module__", "").startswith(
+            "ray.tune"
+        )
+        if interrupt and tune_handler and threading.current_thread() is threading.main_thread():
+            self._interrupting = True
+            signal.raise_signal(signal.SIGUSR1)
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if self.failure is not None and not self._interrupting:
+            self._interrupting = True
+            raise self.failure
 
     def setup(self, **info: Any) -> None:
         self.tracker.start()  # TrackingError here stops the sweep before any training
@@ -822,11 +1139,15 @@ class MlflowCallback(Callback):
 
         self._guard("on_trial_result", log)
 
-    def _finish(self, trial: Trial, errored: bool) -> None:
+    def _finish(self, trial: Trial, errored: bool, failure: StorageError | None = None) -> None:
         if self.tracker.run_id(trial.trial_id) is None:
             self._start(trial)
         config, _, _ = _trial_param(trial)
         outcome = vocabulary.trial_outcome(trial.last_result, config["train"]["epochs"], errored)
+        if failure is not None:  # not the trial's fault: --resume continues it
+            outcome = vocabulary.Outcome(
+                "interrupted", f"stopped: {failure.reason} ({failure.path})"
+            )
         self.tracker.finish_trial(
             trial.trial_id,
             outcome.status,
@@ -841,13 +1162,24 @@ class MlflowCallback(Callback):
         self._guard("on_trial_complete", self._finish, trial, False)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self._guard("on_trial_error", self._finish, trial, True)
+        # A trial that failed writing its checkpoint or results: the storage, not the trial.
+        failure = storage_error(RuntimeError(_read_error(trial)), what="trial storage")
+        self._guard("on_trial_error", self._finish, trial, True, failure)
+        if failure is not None:
+            self._fail(failure)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any):
-        """Close the parent: FINISHED when every trial ended, KILLED when Tune was interrupted
-        (Ctrl+C also lands here, with trials still pending or paused)."""
+        """Log the epochs the runs lack from the trials' results (``SweepTracker.backfill``),
+        then close the parent: FINISHED when every trial ended, KILLED when Tune was
+        interrupted (Ctrl+C also lands here, with trials still pending or paused), FAILED
+        after a storage failure. Where the store fails here too, the failure says so: the
+        runs stay RUNNING until ``--resume`` marks them."""
+        failed = self.failure
 
         def end() -> None:
+            if failed is None:
+                dirs = {t.trial_id: [d for d in (t.path, t.local_path) if d] for t in trials}
+                self.tracker.backfill(dirs)
             for trial in trials:
                 state = self.tracker.run_id(trial.trial_id)
                 if state is None or trial.status not in (Trial.TERMINATED, Trial.ERROR):
@@ -856,9 +1188,44 @@ class MlflowCallback(Callback):
                 if run.info.status == "RUNNING":  # ended without its hook (e.g. on restore)
                     self._finish(trial, trial.status == Trial.ERROR)
             interrupted = any(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in trials)
-            self.tracker.close("KILLED" if interrupted else "FINISHED")
+            status = "FAILED" if failed else "KILLED" if interrupted else "FINISHED"
+            if failed is not None:
+                self.tracker._log(
+                    self.tracker.parent_run_id,  # type: ignore[arg-type]
+                    tags={TAG_ERROR: vocabulary.error_line(str(failed), _MAX_ERROR_TAG)},
+                )
+            self.tracker.close(status)
 
-        self._guard("on_experiment_end", end)
+        self.failure = None  # let end() write: the store may be fine (a checkpoint disk filled)
+        try:
+            end()
+        except TrackingError:
+            raise
+        except Exception as exc:
+            again = storage_error(exc, store_name(self.tracker.tracking_uri), "MLflow store")
+            if again is None and failed is None:
+                if self.strict:
+                    raise
+                logger.warning("MLflow tracking failed in on_experiment_end", exc_info=True)
+                return
+            if failed is None:
+                failed = again
+                self.tracker.record_failure(failed)  # type: ignore[arg-type]
+            else:
+                logger.warning("MLflow: closing the runs failed", exc_info=True)
+            why = again.reason if again is not None else f"{type(exc).__name__}: {exc}"
+            failed.notes.append(  # type: ignore[union-attr]
+                f"Its MLflow runs could not be marked ({why}): they show RUNNING until "
+                "--resume marks them."
+            )
+        else:
+            if failed is not None:
+                failed.notes.append(
+                    "The sweep was stopped; its MLflow runs are marked (parent FAILED, "
+                    "unfinished trials KILLED)."
+                )
+        finally:
+            self.failure = failed
 
 
 # ----------------------------------------------------------------------------- reader
@@ -1006,20 +1373,45 @@ def publish_report(
     ``metric`` and ``mode`` are the sweep's ranking (``scheduler.metric`` / ``scheduler.mode``),
     so that ``summary.md`` ranks as ``summary.json`` does. ``out_dir`` defaults to
     ``reports/<experiment>/<parent run id>`` under the working directory. Raises LookupError
-    for an unknown experiment or one without a sweep run.
+    for an unknown experiment or one without a sweep run, ``StorageError`` when the report's
+    directory, the store or its artifact location is full or read-only (naming it, and the
+    ``entrypoints.report`` command that writes the report again).
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     results = load_results(client, experiment, parent_run_id, metric)
     out = Path(out_dir) if out_dir else Path("reports") / experiment / results.parent_run_id
-    built = report.build_report(results, out, metric=metric, mode=mode)
+    again = (
+        "Free space there (or make it writable), then write the report again with `python -m "
+        f"entrypoints.report --experiment {experiment} --run {results.parent_run_id} "
+        f"--tracking-uri {tracking_uri} --out {out} --metric {metric} --mode {mode}`; the "
+        "sweep's results and runs are complete."
+    )
+    try:
+        built = report.build_report(results, out, metric=metric, mode=mode)
+    except OSError as exc:
+        failure = storage_error(exc, out, "report directory", again)
+        if failure is None:
+            raise
+        raise failure from exc
     if log_to_mlflow:
-        client.log_artifacts(results.parent_run_id, str(built.out_dir), artifact_path="report")
-        values = importance_metrics(built)
-        if values:
-            now = _now_ms()
-            client.log_batch(
-                results.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()]
-            )
+        try:
+            client.log_artifacts(results.parent_run_id, str(built.out_dir), artifact_path="report")
+            values = importance_metrics(built)
+            if values:
+                now = _now_ms()
+                client.log_batch(
+                    results.parent_run_id,
+                    metrics=[Metric(k, v, now, 0) for k, v in values.items()],
+                )
+        except Exception as exc:
+            if isinstance(exc, OSError):  # copying into a file artifact store
+                where = client.get_run(results.parent_run_id).info.artifact_uri
+                failure = storage_error(exc, where, "MLflow artifact store", again)
+            else:
+                failure = storage_error(exc, store_name(tracking_uri), "MLflow store", again)
+            if failure is None:
+                raise
+            raise failure from exc
     return built
 
 
