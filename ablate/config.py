@@ -11,13 +11,16 @@ overrides fields by dotted path (``model.head``, ``train.batch_size``, ``augment
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import typing
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PositiveFloat,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,6 +46,32 @@ AUGMENTATION_PRESETS: dict[str, tuple[str, ...]] = {
     "none": (),
 }
 
+# Upper bounds of the sizes a spec may ask for. Each is far above any SimCLR ablation (the
+# paper's largest: 8192-image batches, 3200 epochs, a 4x-wide ResNet-50, i.e. width 256) and
+# far below what would exhaust memory while the plan is built or the data generated, so an
+# absurd value (a typo, a billion) is refused by the schema before anything is allocated.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_STEPS_PER_EPOCH = 10_000_000
+#: ``data.limit_train`` / ``data.limit_test``: rows of a source (ImageNet-21k has 14 million).
+MAX_ROWS = 100_000_000
+#: ``data.num_train`` / ``data.num_test`` of the synthetic source.
+MAX_SYNTHETIC_IMAGES = 1_000_000
+#: The synthetic images of both splits as uint8 arrays (``(num_train + num_test) x side² x 3``).
+MAX_SYNTHETIC_BYTES = 8 * 2**30
+#: ``data.image_size`` and ``data.synthetic_size``, in pixels.
+MAX_IMAGE_SIDE = 1024
+MAX_WIDTH = 512
+MAX_OUT_DIM = 8192
+MAX_HIDDEN_DIM = 16_384
+MAX_KNN_K = 10_000
+MAX_PROBE_ITERATIONS = 100_000
+MAX_WORKERS = 1024
+MAX_CPUS_PER_WORKER = 1024.0
+MAX_GPUS_PER_WORKER = 64.0
+#: Seeds: numpy's and Optuna's generators take 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+
 OpName = Literal["crop", "flip", "color", "grayscale", "cutout", "sobel", "noise", "blur", "rotate"]
 
 
@@ -57,7 +86,55 @@ class ConfigurationError(ValueError):
         return str(self).partition(": ")[0]
 
 
-class StrictModel(BaseModel):
+@functools.cache
+def _number_kind(annotation: Any) -> str | None:
+    """What a numeric field takes, for its error message: "an integer" or "a number" when
+    ``annotation`` holds int or float (``int | None``, ``tuple[float, float]``, ``list[int]``,
+    ``Annotated[...]``) and no bool; None for any other field."""
+    found: set[type] = set()
+    stack = [annotation]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            continue
+        if typing.get_origin(node) is Literal:
+            found.update(type(arg) for arg in typing.get_args(node))
+            continue
+        if node in (int, float, bool):
+            found.add(node)
+        stack.extend(typing.get_args(node))
+    if bool in found or not found & {int, float}:
+        return None
+    return "an integer" if float not in found else "a number"
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
+
+
+class TypedModel(BaseModel):
+    """Numbers are numbers: a boolean given for an int or float field (``replicates: true``,
+    ``--set train.epochs=yes``, an element of ``[0.5, true]``) raises instead of being read as
+    1 or 0, as pydantic's lax mode would. Ints given for float fields stay valid
+    (``temperature: 1``). Infinity and NaN are refused too. Base of every schema model (the
+    trial config's sections here, the spec's in ``ablate.spec``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None or not _holds_bool(value):
+            return value
+        kind = _number_kind(cls.model_fields[info.field_name].annotation)
+        if kind is not None:
+            raise ValueError(f"a boolean (true/false) is not a number; give {kind}")
+        return value
+
+
+class StrictModel(TypedModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -92,16 +169,43 @@ class DataConfig(StrictModel):
         None, description="parquet: a column whose values 'train'/'test' split one source."
     )
     image_size: int | None = Field(
-        None, ge=8, description="Resize every image to this side (required for mixed sizes)."
+        None,
+        ge=8,
+        le=MAX_IMAGE_SIDE,
+        description="Resize every image to this side (required for mixed sizes), 8 to "
+        f"{MAX_IMAGE_SIDE} px.",
     )
-    limit_train: int | None = Field(None, ge=1, description="Use only the first N train rows.")
-    limit_test: int | None = Field(None, ge=1, description="Use only the first N test rows.")
+    limit_train: int | None = Field(
+        None, ge=1, le=MAX_ROWS, description=f"Use only the first N train rows (N <= {MAX_ROWS:,})."
+    )
+    limit_test: int | None = Field(
+        None, ge=1, le=MAX_ROWS, description=f"Use only the first N test rows (N <= {MAX_ROWS:,})."
+    )
     # synthetic source
-    num_train: int = Field(2048, ge=8, description="synthetic: training images.")
-    num_test: int = Field(512, ge=8, description="synthetic: test images.")
+    num_train: int = Field(
+        2048,
+        ge=8,
+        le=MAX_SYNTHETIC_IMAGES,
+        description=f"synthetic: training images, 8 to {MAX_SYNTHETIC_IMAGES:,}; with `num_test` "
+        f"and the image side, at most {MAX_SYNTHETIC_BYTES // 2**30} GiB of pixels "
+        "((num_train + num_test) x side² x 3 bytes).",
+    )
+    num_test: int = Field(
+        512,
+        ge=8,
+        le=MAX_SYNTHETIC_IMAGES,
+        description=f"synthetic: test images, 8 to {MAX_SYNTHETIC_IMAGES:,}.",
+    )
     num_classes: int = Field(4, ge=2, le=8, description="synthetic: classes (one shape each).")
-    synthetic_size: int = Field(32, ge=8, description="synthetic: image side in pixels.")
-    seed: int = Field(0, description="Seed of the synthetic images and of every split.")
+    synthetic_size: int = Field(
+        32,
+        ge=8,
+        le=MAX_IMAGE_SIDE,
+        description=f"synthetic: image side in pixels, 8 to {MAX_IMAGE_SIDE}.",
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the synthetic images and of every split."
+    )
     # splits
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Class-balanced share of train held out for ranking."
@@ -118,6 +222,22 @@ class DataConfig(StrictModel):
         "channel's computed std is floored at 1/255, with a warning).",
     )
 
+    @model_validator(mode="after")
+    def _synthetic_fits_memory(self) -> DataConfig:
+        if self.name != "synthetic":
+            return self
+        side = max(self.synthetic_size, self.image_size or 0)
+        images = self.num_train + self.num_test
+        needed = images * side * side * 3
+        if needed > MAX_SYNTHETIC_BYTES:
+            raise ValueError(
+                f"data.num_train + data.num_test = {images:,} synthetic images of {side}x{side} "
+                f"px (data.synthetic_size / data.image_size) take {needed / 2**30:,.1f} GiB; the "
+                f"limit is {MAX_SYNTHETIC_BYTES // 2**30} GiB ((num_train + num_test) x side² x "
+                f"3 bytes <= {MAX_SYNTHETIC_BYTES:,}): fewer or smaller images"
+            )
+        return self
+
 
 # ----------------------------------------------------------------------------- model
 
@@ -131,16 +251,30 @@ class ModelConfig(StrictModel):
     stem: Literal["cifar", "imagenet"] = Field(
         "cifar", description="cifar: 3x3 stride-1 conv1, no max-pool (paper's CIFAR appendix)."
     )
-    width: int = Field(64, ge=4, description="Base width of the ResNet (64 in torchvision).")
+    width: int = Field(
+        64,
+        ge=4,
+        le=MAX_WIDTH,
+        description=f"Base width of the ResNet (64 in torchvision), 4 to {MAX_WIDTH}.",
+    )
     pretrained: bool = Field(False, description="Load torchvision ImageNet weights (width 64).")
     head: Literal["none", "linear", "nonlinear"] = Field(
         "nonlinear",
         description="Projection head g(.): none (z = h), linear, or nonlinear (one hidden ReLU "
         "layer), the paper's Figure 8.",
     )
-    out_dim: int = Field(128, ge=1, description="Output dimension of a linear/nonlinear head.")
+    out_dim: int = Field(
+        128,
+        ge=1,
+        le=MAX_OUT_DIM,
+        description=f"Output dimension of a linear/nonlinear head, 1 to {MAX_OUT_DIM}.",
+    )
     hidden_dim: int | None = Field(
-        None, ge=1, description="Hidden width of the nonlinear head; default: width of h."
+        None,
+        ge=1,
+        le=MAX_HIDDEN_DIM,
+        description="Hidden width of the nonlinear head, 1 to "
+        f"{MAX_HIDDEN_DIM}; default: width of h.",
     )
     sync_batchnorm: bool = Field(False, description="Global BatchNorm across workers.")
 
@@ -318,7 +452,7 @@ class OptimConfig(StrictModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of lars/sgd.")
     lars_eta: float = Field(1e-3, gt=0.0, description="LARS trust coefficient.")
     warmup_epochs: float = Field(
-        10.0, ge=0.0, description="Linear warmup; lasts min(warmup_epochs, epochs)."
+        10.0, ge=0.0, le=MAX_EPOCHS, description="Linear warmup; lasts min(warmup_epochs, epochs)."
     )
     betas: tuple[float, float] = Field((0.9, 0.999), description="adamw only.")
 
@@ -330,24 +464,43 @@ class FaultConfig(StrictModel):
     """Fault injection, to prove recovery paths (tests and drills); off by default."""
 
     raise_once_at_epoch: int | None = Field(
-        None, ge=1, description="A worker raises once after this epoch's checkpoint."
+        None, ge=1, le=MAX_EPOCHS, description="A worker raises once after this epoch's checkpoint."
     )
     kill_once_at_epoch: int | None = Field(
         None,
         ge=1,
+        le=MAX_EPOCHS,
         description="Rank 0's worker process SIGKILLs itself once, after this epoch's "
         "checkpoint is registered (a real crash: Ray Train restarts the worker group from it).",
     )
-    nan_loss_at_epoch: int | None = Field(None, ge=1, description="Make the loss NaN here.")
+    nan_loss_at_epoch: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="Make the loss NaN here."
+    )
     raise_at_start: str | None = Field(
         None, description="Raise RuntimeError(text) before training (e.g. a simulated OOM)."
     )
 
 
 class TrainConfig(StrictModel):
-    epochs: int = Field(100, ge=1, description="Pretraining epochs (ASHA's time unit).")
-    batch_size: int = Field(256, ge=2, description="Global batch (all workers together).")
-    seed: int = Field(0, description="Seeds weights, augmentation and shuffling.")
+    epochs: int = Field(
+        100,
+        ge=1,
+        le=MAX_EPOCHS,
+        description=f"Pretraining epochs (ASHA's time unit), 1 to {MAX_EPOCHS:,}.",
+    )
+    batch_size: int = Field(
+        256,
+        ge=2,
+        le=MAX_BATCH_SIZE,
+        description=f"Global batch (all workers together), 2 to {MAX_BATCH_SIZE:,}.",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seeds weights, augmentation and shuffling (0 to 2**32 - 1; replicate r "
+        "runs with seed + r).",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16."
     )
@@ -367,9 +520,12 @@ class TrainConfig(StrictModel):
         "pay yet on the CPU.",
     )
     steps_per_epoch: int | None = Field(
-        None, ge=1, description="Cap the steps of an epoch (quick experiments)."
+        None,
+        ge=1,
+        le=MAX_STEPS_PER_EPOCH,
+        description="Cap the steps of an epoch (quick experiments).",
     )
-    checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
+    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Epochs between checkpoints.")
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @field_validator("compile", mode="before")
@@ -390,12 +546,14 @@ class ProbeConfig(StrictModel):
     solver: Literal["lbfgs", "sgd"] = Field(
         "lbfgs", description="Optimiser of the final linear probe."
     )
-    max_iter: int = Field(100, ge=1, description="L-BFGS iterations or SGD epochs.")
+    max_iter: int = Field(
+        100, ge=1, le=MAX_PROBE_ITERATIONS, description="L-BFGS iterations or SGD epochs."
+    )
     weight_decay: float = Field(1e-3, ge=0.0, description="L2 penalty on the weights.")
     lr: float = Field(0.1, gt=0.0, description="sgd only.")
-    batch_size: int = Field(1024, ge=1, description="sgd only.")
+    batch_size: int = Field(1024, ge=1, le=MAX_BATCH_SIZE, description="sgd only.")
     standardize: bool = Field(True, description="Standardise features with train statistics.")
-    epochs: list[int] = Field(
+    epochs: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(
         default_factory=list, description="Extra pretraining epochs at which to probe."
     )
 
@@ -406,15 +564,18 @@ class SemiSupervisedConfig(StrictModel):
     enabled: bool = Field(
         False, description="Fine-tune on `data.labelled_fraction` after pretraining."
     )
-    epochs: int = Field(20, ge=1, description="Fine-tuning epochs.")
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS, description="Fine-tuning epochs.")
     lr: float = Field(0.05, gt=0.0, description="Fine-tuning learning rate.")
-    batch_size: int = Field(256, ge=1, description="Fine-tuning batch size.")
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE, description="Fine-tuning batch size.")
 
 
 class EvalConfig(StrictModel):
-    eval_every: int = Field(1, ge=1, description="Epochs between kNN evaluations.")
+    eval_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Epochs between kNN evaluations.")
     knn_k: int = Field(
-        200, ge=1, description="Neighbours of the kNN monitor (val/knn_top1, the ranking metric)."
+        200,
+        ge=1,
+        le=MAX_KNN_K,
+        description="Neighbours of the kNN monitor (val/knn_top1, the ranking metric).",
     )
     knn_temperature: float = Field(0.1, gt=0.0, description="Temperature of the kNN vote weights.")
     online_probe: bool = Field(True, description="Linear classifier on detached h during training.")
@@ -434,13 +595,19 @@ class ResourcesConfig(StrictModel):
     num_workers: int = Field(
         1,
         ge=1,
+        le=MAX_WORKERS,
         description="Ray Train workers (DDP processes) of one trial; the global batch is split "
         "over them.",
     )
     cpus_per_worker: float = Field(
-        1.0, gt=0.0, description="CPUs each worker reserves (also its torch threads)."
+        1.0,
+        gt=0.0,
+        le=MAX_CPUS_PER_WORKER,
+        description="CPUs each worker reserves (also its torch threads).",
     )
-    gpus_per_worker: float = Field(0.0, ge=0.0, description="Fractions pack trials on one GPU.")
+    gpus_per_worker: float = Field(
+        0.0, ge=0.0, le=MAX_GPUS_PER_WORKER, description="Fractions pack trials on one GPU."
+    )
     stall_timeout_s: float = Field(
         600.0,
         gt=0.0,

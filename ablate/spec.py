@@ -26,14 +26,21 @@ import re
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ablate.config import AUGMENTATION_OPS, AUGMENTATION_PRESETS, TrialConfig, set_dotted
+from ablate.config import (
+    AUGMENTATION_OPS,
+    AUGMENTATION_PRESETS,
+    MAX_EPOCHS,
+    MAX_SEED,
+    TrialConfig,
+    TypedModel,
+    set_dotted,
+)
 from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
 from ablate.recipes import merge as merge_sections
 from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY, RANKING_METRICS, format_value
@@ -44,6 +51,16 @@ CONFIG_SECTIONS: tuple[str, ...] = tuple(TrialConfig.model_fields)
 PARAM_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint", "op_pairs")
 _ENUMERATED = ("grid", "op_pairs")
 _SAMPLED = ("uniform", "loguniform", "randint")
+
+#: Trials one sweep may plan (configurations x replicates; optuna: num_samples). Every trial is
+#: expanded and validated before Ray starts (about 1 ms each) and tracked as a Tune trial and an
+#: MLflow run: split a larger study into several sweeps.
+MAX_TRIALS = 10_000
+#: Seeds per configuration; a mean over more than this many seeds gains nothing measurable.
+MAX_REPLICATES = 100
+#: A spec file's size: specs are written by hand (the shipped ones are under 4 KB), and
+#: PyYAML's pure-Python parser takes seconds a megabyte.
+MAX_SPEC_BYTES = 1 << 20
 
 
 class SpecError(ValueError):
@@ -59,7 +76,7 @@ class SpecError(ValueError):
 # ----------------------------------------------------------------------------- YAML schema
 
 
-class _SpecModel(BaseModel):
+class _SpecModel(TypedModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -107,15 +124,25 @@ class AlgorithmSpec(_SpecModel):
         "`num_samples` trials proposed by Optuna's TPE sampler (distributions and `choice` only).",
     )
     num_samples: int = Field(
-        1, ge=1, description="random and optuna: how many configurations to draw (grid: keep 1)."
+        1,
+        ge=1,
+        le=MAX_TRIALS,
+        description="random and optuna: how many configurations to draw (grid: keep 1), at "
+        f"most {MAX_TRIALS:,}.",
     )
     max_concurrent_trials: int | None = Field(
         None,
         ge=1,
+        le=MAX_TRIALS,
         description="Upper bound on trials running at once; the sweep also caps it by what the "
         "cluster's CPUs/GPUs can hold (workers x per-worker resources of one trial).",
     )
-    seed: int = Field(0, description="Seed of the random draws and of Optuna's sampler.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the random draws and of Optuna's sampler (0 to 2**32 - 1).",
+    )
 
 
 class SchedulerSpec(_SpecModel):
@@ -137,7 +164,10 @@ class SchedulerSpec(_SpecModel):
     )
     mode: Literal["max", "min"] = Field("max", description="max for accuracies.")
     grace_period: int = Field(
-        1, ge=1, description="asha: epochs before a configuration can be stopped (first rung)."
+        1,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="asha: epochs before a configuration can be stopped (first rung).",
     )
     reduction_factor: float = Field(
         2.0,
@@ -146,7 +176,10 @@ class SchedulerSpec(_SpecModel):
         "(ranked by the mean of their replicates).",
     )
     max_t: int | None = Field(
-        None, ge=1, description="asha: last rung, in epochs; default: the largest `train.epochs`."
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="asha: last rung, in epochs; default: the largest `train.epochs`.",
     )
 
     @field_validator("metric")
@@ -245,8 +278,11 @@ class SweepSpec(_SpecModel):
     replicates: int = Field(
         1,
         ge=1,
+        le=MAX_REPLICATES,
         description="Run every configuration with K seeds: `train.seed` = base seed + replicate "
-        "index. The summary reports mean ± std over replicates.",
+        f"index, 1 <= K <= {MAX_REPLICATES}. The summary reports mean ± std over replicates. "
+        f"A sweep plans at most {MAX_TRIALS:,} trials (configurations x replicates), checked "
+        "before any configuration is expanded.",
     )
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -364,12 +400,31 @@ def _merged(base: dict[str, Any], varying: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepPlan:
-    """Read, override, expand and validate the spec at ``path`` (raises ``SpecError``)."""
+    """Read, override, expand and validate the spec at ``path``.
+
+    Raises ``SpecError`` for a file that cannot be read, is larger than ``MAX_SPEC_BYTES`` or
+    is not UTF-8 text, and for every problem ``parse_sweep`` finds."""
     source = str(path)
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as file:
+            # Read one byte past the limit, so that a huge file (or /dev/zero) is never read whole.
+            data = file.read(MAX_SPEC_BYTES + 1)
     except OSError as error:
         raise SpecError(source, "", f"cannot read the spec: {error.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(
+            source,
+            "",
+            f"the spec is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec lists values, not "
+            "data: sweep fewer values, or split it into several sweeps",
+        )
+    try:
+        # Universal newlines, as text-mode reading gives.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            source, "", f"not UTF-8 text (byte {error.start}): save the spec as UTF-8"
+        ) from None
     return parse_sweep(text, source=source, overrides=overrides)
 
 
@@ -381,10 +436,72 @@ def parse_sweep(text: str, *, source: str = "<spec>", overrides: Sequence[str] =
     return build_sweep(raw, source=source, text=text, overrides=overrides)
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that gives one key twice. PyYAML keeps the last value and silently drops the
+    first; a spec refuses it instead. ``key`` is the key as written, ``path`` its dotted path
+    (``train.epochs``, ``together[0].model.head``); ``first`` and ``second`` are the marks
+    (0-based line and column) of its two occurrences."""
+
+    def __init__(self, key: str, path: str, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(
+            context=f"the key {path!r} is given first",
+            context_mark=first,
+            problem="and again",
+            problem_mark=second,
+        )
+        self.key = key
+        self.path = path
+        self.first = first
+        self.second = second
+
+    def where(self) -> str:
+        """``lines 3 and 7``, or ``line 1, columns 2 and 15`` when both share a line."""
+        a, b = self.first, self.second
+        if a.line == b.line:
+            return f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}"
+        return f"lines {a.line + 1} and {b.line + 1}"
+
+
 class SpecLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (no tags that build Python objects) that also reads YAML 1.2
     floats: PyYAML follows YAML 1.1, where ``1e-1`` and ``1.0e3`` (no dot, or no exponent
-    sign) are strings; here they are the floats a person means."""
+    sign) are strings; here they are the floats a person means. A key given twice in one
+    mapping, at any depth, raises ``DuplicateKeyError`` (PyYAML would keep the last)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique_keys(node)
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, root: yaml.Node) -> None:
+        # Iterative, and each node once: aliases share nodes, and an anchor may be referenced
+        # inside itself.
+        seen: set[int] = set()
+        stack: list[tuple[yaml.Node, str]] = [(root, "")]
+        while stack:
+            node, path = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+                continue
+            if not isinstance(node, yaml.MappingNode):
+                continue
+            first_mark: dict[Any, yaml.Mark] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges, by design
+                    stack.append((value_node, path))
+                    continue
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                dotted = f"{path}.{name}" if path else name
+                stack.append((value_node, dotted))
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                # Compare keys as YAML reads them: `1` and `1.0`, `yes` and `true` are one key.
+                key = self.construct_object(key_node)
+                if key in first_mark:
+                    raise DuplicateKeyError(name, dotted, first_mark[key], key_node.start_mark)
+                first_mark[key] = key_node.start_mark
 
 
 SpecLoader.add_implicit_resolver(
@@ -406,6 +523,8 @@ def safe_load(text: str) -> Any:
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         raw = safe_load(text)
+    except DuplicateKeyError as error:
+        raise SpecError(source, error.path, _duplicate_message(error)) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -420,14 +539,27 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     return raw
 
 
+def _duplicate_message(error: DuplicateKeyError) -> str:
+    return (
+        f"duplicate key {error.key!r} at {error.where()}: YAML would keep "
+        "the second value and silently drop the first; give the key once"
+    )
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; values are YAML scalars or lists."""
+    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; values are YAML scalars, lists or
+    mappings. Raises ``SpecError`` for text without ``=``, a value that is not YAML, or a
+    mapping value that gives a key twice."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise SpecError("--set", text, "expected KEY=VALUE, e.g. --set train.epochs=5")
     try:
         parsed = safe_load(value) if value.strip() else None
+    except DuplicateKeyError as error:
+        raise SpecError(
+            "--set", f"{key}.{error.path}", f"in the value: {_duplicate_message(error)}"
+        ) from None
     except yaml.YAMLError as error:
         raise SpecError("--set", key, f"value {value!r} is not valid YAML: {error}") from None
     return key, parsed
@@ -504,6 +636,7 @@ def build_sweep(
 
     spec.storage.path = absolute_storage_path(spec.storage.path)
     _check_overrides_not_swept(spec, overrides, source)
+    _check_plan_size(spec, source)
     sampled = _check_space(spec, base, source)
     if spec.algorithm.name == "optuna":
         _check_optuna(spec, source)
@@ -556,6 +689,46 @@ def _check_overrides_not_swept(spec: SweepSpec, overrides: Sequence[str], source
                 f"{key} is swept by the spec, so a base value would be ignored; override the "
                 f"sweep instead, e.g. --set 'space.{key}={{grid: [...]}}'",
             )
+
+
+def planned_trials(spec: SweepSpec) -> tuple[int, list[tuple[str, int]]]:
+    """How many trials ``spec`` plans, counted without expanding anything, and its factors
+    (``[("space.model.head", 2), ..., ("replicates", 3)]``): each enumerated key of ``space``
+    (``grid``; ``choice`` under grid; ``op_pairs``: n + n(n-1)), the ``together`` entries,
+    ``algorithm.num_samples`` (random) and ``replicates``. Optuna: ``num_samples``."""
+    if spec.algorithm.name == "optuna":
+        return spec.algorithm.num_samples, [("algorithm.num_samples", spec.algorithm.num_samples)]
+    factors: list[tuple[str, int]] = []
+    for key, values in spec.space.items():
+        kinds = [k for k in PARAM_KINDS if getattr(values, k) is not None]
+        kind = kinds[0] if kinds else None
+        if kind in ("grid", "op_pairs") or (kind == "choice" and spec.algorithm.name == "grid"):
+            n = len(getattr(values, kind))
+            factors.append((f"space.{key}", n * n if kind == "op_pairs" else n))
+    if spec.together:
+        factors.append(("together", len(spec.together)))
+    if spec.algorithm.name == "random":
+        factors.append(("algorithm.num_samples", spec.algorithm.num_samples))
+    factors.append(("replicates", spec.replicates))
+    return math.prod(n for _, n in factors), factors
+
+
+def _check_plan_size(spec: SweepSpec, source: str) -> None:
+    """At most ``MAX_TRIALS`` trials, checked on the product of the plan's factors before
+    any configuration is expanded or validated (each costs time and memory). Raises
+    ``SpecError`` at the largest factor's key, listing every factor."""
+    total, factors = planned_trials(spec)
+    if total <= MAX_TRIALS:
+        return
+    largest = max(factors, key=lambda factor: factor[1])[0]
+    shown = " x ".join(f"{n:,} ({key})" for key, n in factors)
+    raise SpecError(
+        source,
+        largest,
+        f"the sweep would plan {total:,} trials = {shown}; valid: 1 to {MAX_TRIALS:,} trials "
+        "a sweep. Shrink a grid, the replicates or num_samples, or split the study into "
+        "several sweeps",
+    )
 
 
 def _check_space(spec: SweepSpec, base: dict[str, Any], source: str) -> dict[str, ParamValues]:
@@ -845,7 +1018,9 @@ def check_value(base: dict[str, Any], key: str, value: Any, source: str, where: 
         issues = [e for e in error.errors() if _dotted(e["loc"]).startswith(key)] or error.errors()
         issue = issues[0]
         raise SpecError(
-            source, where, f"{format_value(value)!s} does not fit {key}: {_describe(issue)}"
+            source,
+            where,
+            f"{format_value(value)!s} does not fit {key}: {_describe(issue, TrialConfig)}",
         ) from None
 
 
@@ -853,17 +1028,58 @@ def _dotted(loc: Sequence[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _describe(issue: dict[str, Any]) -> str:
+def _describe(issue: dict[str, Any], model: type[BaseModel]) -> str:
+    """One pydantic issue in words; a value out of range also gets the field's valid range,
+    read from ``model`` (the schema the issue's ``loc`` is relative to)."""
     message = issue["msg"].removeprefix("Value error, ")
+    if issue["type"] in _RANGE_ERRORS:
+        valid = valid_range(model, issue["loc"])
+        if valid is not None:
+            message = f"{message}; valid: {valid}"
     if issue["type"] == "literal_error":
         expected = re.findall(r"'([^']*)'", issue.get("ctx", {}).get("expected", ""))
         hint = difflib.get_close_matches(str(issue.get("input")), expected, n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
         return f"{issue.get('input')!r} is not valid{did} Valid: {', '.join(expected)}"
     value = issue.get("input")
-    if isinstance(value, (str, int, float, bool)) and not isinstance(value, dict):
+    if isinstance(value, bool):  # as the YAML spells it
+        return f"{message} (got {str(value).lower()})"
+    if isinstance(value, (str, int, float)):
         return f"{message} (got {value!r})"
     return message
+
+
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def valid_range(model: type[BaseModel], loc: Sequence[Any]) -> str | None:
+    """The bounds of the field at ``loc`` in ``model`` as text (``1 <= train.epochs <= 10,000``,
+    ``0 < loss.temperature``), from its ``Field(ge=..., le=...)``; None when ``loc`` is not a
+    field (an element of a list, a key of ``space``) or the field has no bounds."""
+    info = None
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return None
+        info = current.model_fields[part]
+        current = section_model(info.annotation)
+    if info is None:
+        return None
+    lower = upper = ""
+    for bound in info.metadata:
+        for attr, template in (("ge", "{} <= "), ("gt", "{} < ")):
+            if getattr(bound, attr, None) is not None:
+                lower = template.format(_number(getattr(bound, attr)))
+        for attr, template in (("le", " <= {}"), ("lt", " < {}")):
+            if getattr(bound, attr, None) is not None:
+                upper = template.format(_number(getattr(bound, attr)))
+    if not (lower or upper):
+        return None
+    return f"{lower}{_dotted(loc)}{upper}"
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def _schema_error(
@@ -889,7 +1105,7 @@ def _schema_error(
             key,
             _unknown_key(loc[-1], tuple(model.model_fields), f"in {scope}") + context,
         )
-    return SpecError(source, key or "(config)", _describe(issue) + context)
+    return SpecError(source, key or "(config)", _describe(issue, TrialConfig) + context)
 
 
 def _spec_model_error(source: str, error: ValidationError) -> SpecError:
@@ -907,7 +1123,7 @@ def _spec_model_error(source: str, error: ValidationError) -> SpecError:
         scope = ".".join(loc[:-1]) or "the top level"
         message = _unknown_key(loc[-1], tuple(model.model_fields), f"in {scope}")
         return SpecError(source, key, message)
-    return SpecError(source, key, _describe(issue))
+    return SpecError(source, key, _describe(issue, SweepSpec))
 
 
 def _unknown_key(key: str, valid: Sequence[str], scope: str) -> str:

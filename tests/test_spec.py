@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -390,6 +392,240 @@ def test_together_key_also_in_space_is_refused():
         "name: t\nspace: {model.head: {grid: [linear]}}\ntogether: [{model.head: none}]"
     )
     assert error.key == "together[0].model.head"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "key", "where"),
+    [
+        (
+            "name: t\ntrain:\n  epochs: 3\n  batch_size: 64\n  epochs: 5\n",
+            "train.epochs",
+            "epochs",
+            "lines 3 and 5",
+        ),
+        ("name: t\nreplicates: 2\nname: u\n", "name", "name", "lines 1 and 3"),
+        (
+            "name: t\nspace:\n  model.head: {grid: [linear]}\n  model.head: {grid: [none]}\n",
+            "space.model.head",
+            "model.head",
+            "lines 3 and 4",
+        ),
+        (
+            "name: t\ntogether:\n  - {train.epochs: 1}\n  - {train.epochs: 1, train.epochs: 2}\n",
+            "together[1].train.epochs",
+            "train.epochs",
+            "line 4, columns 6 and 23",
+        ),
+        # Keys compare as YAML reads them: 1 and 1.0 are one number.
+        ("name: t\nmodel: {1: a, 1.0: b}\n", "model.1.0", "1.0", "line 2, columns 9 and 15"),
+    ],
+)
+def test_a_key_given_twice_names_the_key_and_both_lines(text, path, key, where):
+    error = error_of(text)
+    assert error.key == path, str(error)
+    assert f"duplicate key {key!r} at {where}:" in error.message, error.message
+    assert "silently drop" in error.message
+
+
+def test_a_key_given_twice_inside_a_set_value_is_refused():
+    error = error_of(BASE, "space.model.head={grid: [linear], grid: [none]}")
+    assert error.file == "--set"
+    assert error.key == "space.model.head.grid"
+    assert "duplicate key 'grid'" in error.message and "columns 2 and 18" in error.message
+
+
+def test_merge_keys_and_aliases_are_not_duplicates():
+    sweep = sweep_of(
+        """
+        name: t
+        scheduler: &fifo {name: fifo, mode: max}
+        train: {epochs: 2, batch_size: 64}
+        eval: {eval_every: 1, probe: &probe {max_iter: 5}}
+        algorithm: {<<: {name: grid, seed: 1}, seed: 2}
+        """
+    )
+    # An explicit key overrides a merged one (YAML's merge, not a duplicate).
+    assert sweep.spec.algorithm.seed == 2
+    assert sweep.base["eval"]["probe"]["max_iter"] == 5
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "kind"),
+    [
+        ("replicates: true", "replicates", "an integer"),
+        ("algorithm: {name: random, num_samples: yes}", "algorithm.num_samples", "an integer"),
+        ("train: {epochs: true}", "train.epochs", "an integer"),
+        ("model: {width: false}", "model.width", "an integer"),
+        ("loss: {temperature: true}", "loss.temperature", "a number"),
+        ("augment: {crop: {scale: [0.2, true]}}", "augment.crop.scale", "a number"),
+        ("data: {std: [0.2, 0.2, true]}", "data.std", "a number"),
+        ("resources: {stall_timeout_s: true}", "resources.stall_timeout_s", "a number"),
+        (
+            "scheduler: {name: asha, reduction_factor: true}",
+            "scheduler.reduction_factor",
+            "a number",
+        ),
+        ("space: {train.epochs: {grid: [1, true]}}", "space.train.epochs.grid[1]", "an integer"),
+        ("together: [{loss.temperature: false}]", "together[0].loss.temperature", "a number"),
+        (
+            "space: {train.epochs: {randint: [1, true]}}\nalgorithm: {name: random}",
+            "space.train.epochs.randint",
+            "an integer",
+        ),
+    ],
+)
+def test_a_boolean_is_not_a_number(line, key, kind):
+    error = error_of(f"name: t\n{line}")
+    assert error.key == key, str(error)
+    assert f"a boolean (true/false) is not a number; give {kind}" in error.message
+
+
+def test_a_boolean_override_is_refused_and_numbers_keep_their_types():
+    error = error_of(BASE, "replicates=true")
+    assert error.key == "replicates" and "(got true)" in error.message
+    # An int for a float field is still a float; boolean fields still take booleans.
+    sweep = sweep_of(BASE, "loss.temperature=1", "data.download=false", "train.compile=true")
+    assert sweep.base["loss"]["temperature"] == 1.0
+    assert isinstance(sweep.base["loss"]["temperature"], float)
+    assert sweep.base["data"]["download"] is False
+    assert sweep.base["train"]["compile"] == "default"
+
+
+def test_infinity_and_nan_are_not_numbers_a_trial_can_use():
+    assert error_of(BASE, "optim.base_lr=.inf").key == "optim.base_lr"
+    assert error_of(BASE, "loss.temperature=.nan").key == "loss.temperature"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "valid"),
+    [
+        ("replicates=1000000000", "replicates", "1 <= replicates <= 100"),
+        (
+            "algorithm={name: random, num_samples: 1000000000}",
+            "algorithm.num_samples",
+            "1 <= algorithm.num_samples <= 10,000",
+        ),
+        ("train.epochs=1000000000", "train.epochs", "1 <= train.epochs <= 10,000"),
+        ("train.batch_size=1000000000", "train.batch_size", "2 <= train.batch_size <= 65,536"),
+        ("model.width=1000000", "model.width", "4 <= model.width <= 512"),
+        ("model.out_dim=1000000000", "model.out_dim", "1 <= model.out_dim <= 8,192"),
+        ("model.hidden_dim=1000000000", "model.hidden_dim", "1 <= model.hidden_dim <= 16,384"),
+        ("data.num_train=3000000000", "data.num_train", "8 <= data.num_train <= 1,000,000"),
+        ("data.num_test=3000000000", "data.num_test", "8 <= data.num_test <= 1,000,000"),
+        ("data.synthetic_size=100000", "data.synthetic_size", "<= 1,024"),
+        (
+            "data.limit_train=10000000000",
+            "data.limit_train",
+            "1 <= data.limit_train <= 100,000,000",
+        ),
+        ("data.limit_test=10000000000", "data.limit_test", "<= 100,000,000"),
+        ("data.image_size=100000", "data.image_size", "8 <= data.image_size <= 1,024"),
+        ("train.seed=-1", "train.seed", "0 <= train.seed <= 4,294,967,295"),
+        ("resources.num_workers=100000", "resources.num_workers", "<= 1,024"),
+        ("eval.knn_k=1000000000", "eval.knn_k", "<= 10,000"),
+    ],
+)
+def test_absurd_sizes_are_refused_with_the_valid_range(override, key, valid):
+    error = error_of(BASE, override)
+    assert error.key == key, str(error)
+    assert f"valid: {valid}" in error.message or valid in error.message, error.message
+
+
+def test_synthetic_images_are_bounded_by_their_bytes_before_any_is_made():
+    # Each field within its range; together 1,000,008 images of 512 px would be 733 GiB.
+    error = error_of(BASE, "data.num_train=1000000", "data.synthetic_size=512")
+    assert error.key == "data"
+    assert "data.num_train + data.num_test" in error.message
+    assert "8 GiB" in error.message and "732.8 GiB" in error.message
+    # The resized side counts too.
+    assert error_of(BASE, "data.num_train=200000", "data.image_size=512").key == "data"
+    # Other sources are not synthetic: their num_train is not read.
+    sweep_of(BASE, "data={name: cifar10, num_train: 1000000, synthetic_size: 512}")
+
+
+def test_every_integer_of_the_schema_has_an_upper_bound():
+    """Each int field (a count, a size, an epoch, a seed) has ``le``. Lists of ints are not
+    sizes (rotation angles; probe epochs bound each element; range ends are checked against
+    the key they sweep)."""
+    from ablate.config import TrialConfig
+    from ablate.spec import SweepSpec, section_model
+
+    def types_in(annotation):  # int | None -> {int, NoneType}; tuple[int, int] -> {tuple}
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            return set().union(*map(types_in, typing.get_args(annotation)))
+        return {typing.get_origin(annotation) or annotation}
+
+    def unbounded(model, prefix=""):
+        for name, info in model.model_fields.items():
+            sub = section_model(info.annotation)
+            if sub is not None:
+                yield from unbounded(sub, f"{prefix}{name}.")
+            elif int in types_in(info.annotation) <= {int, type(None)} and not any(
+                getattr(m, "le", None) is not None for m in info.metadata
+            ):
+                yield f"{prefix}{name}"
+
+    assert list(unbounded(TrialConfig)) == []
+    assert list(unbounded(SweepSpec)) == []
+
+
+def test_the_plan_size_is_checked_before_any_configuration_is_expanded():
+    seeds = list(range(101))
+    error = error_of(BASE + f"space: {{train.seed: {{grid: {seeds}}}}}\nreplicates: 100")
+    assert error.key == "space.train.seed"
+    assert "10,100 trials = 101 (space.train.seed) x 100 (replicates)" in error.message
+    assert "valid: 1 to 10,000 trials" in error.message
+    # A grid value that fails the schema is not reached: the count comes first.
+    late_bad = [*seeds[:-1], -1]
+    error = error_of(BASE + f"space: {{train.seed: {{grid: {late_bad}}}}}\nreplicates: 100")
+    assert error.key == "space.train.seed" and "trials" in error.message
+    # op_pairs counts n + n(n-1), random multiplies by num_samples; 10,000 exactly is allowed.
+    error = error_of(
+        BASE
+        + "space: {augment.ops: {op_pairs: [crop, color, blur]}, "
+        + "optim.base_lr: {uniform: [0.1, 1]}}\n"
+        + "algorithm: {name: random, num_samples: 1200}"
+    )
+    assert error.key == "algorithm.num_samples"
+    assert "10,800 trials = 9 (space.augment.ops) x 1,200 (algorithm.num_samples)" in error.message
+
+
+def test_planned_trials_counts_what_the_expansion_makes():
+    from ablate.spec import planned_trials
+
+    sweep = sweep_of(
+        BASE
+        + """
+space:
+  model.head: {grid: [linear, nonlinear]}
+  augment.ops: {op_pairs: [crop, color]}
+together: [{train.epochs: 1}, {train.epochs: 2}, {train.epochs: 3}]
+replicates: 2
+"""
+    )
+    total, factors = planned_trials(sweep.spec)
+    assert total == len(sweep.trials) == 2 * 4 * 3 * 2
+    assert [k for k, _ in factors] == [
+        "space.model.head",
+        "space.augment.ops",
+        "together",
+        "replicates",
+    ]
+
+
+def test_a_spec_file_over_a_megabyte_is_refused_unread(tmp_path):
+    from ablate.spec import MAX_SPEC_BYTES
+
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("name: t\n# " + "x" * MAX_SPEC_BYTES + "\n")
+    with pytest.raises(SpecError, match="larger than 1024 KiB"):
+        load_sweep(spec)
+    spec.write_bytes(b"name: t\ndescription: \xff\n")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_sweep(spec)
 
 
 # ----------------------------------------------------------------------------- entrypoint
