@@ -4,7 +4,8 @@ Sources (``DataConfig.name``):
 
 - ``cifar10`` / ``cifar100`` / ``stl10``: torchvision's on-disk layout under ``root``
   (STL-10: the labelled ``train`` and ``test`` splits, 96 px).
-- ``image_folder``: ``root/{train,test}/<class>/<image>``, any size (``image_size`` resizes).
+- ``image_folder``: ``root/{train,test}/<class>/<image>``, any size (``image_size`` resizes);
+  symbolic links to folders and files are followed (a dangling link or a loop is an error).
 - ``parquet``: a file, directory or glob of Parquet files; the image column holds encoded
   bytes (JPEG/PNG) or a struct with a ``bytes`` field (the Hugging Face hub layout).
 - ``synthetic``: seeded shapes on plain backgrounds (class = shape), no files.
@@ -630,9 +631,7 @@ def _image_folder_source(cfg: DataConfig) -> _Source:
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"image_folder: {str(root)!r} has no 'train' folder ({layout})")
-    class_names = sorted(
-        p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    class_names = _class_folders(train_dir)
     if not class_names:
         raise DataError(f"image_folder: {str(train_dir)!r} is empty: expected one folder per class")
     per_split: dict[str, list[tuple[Path, int]]] = {}
@@ -640,11 +639,7 @@ def _image_folder_source(cfg: DataConfig) -> _Source:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DataError(f"image_folder: {str(root)!r} has no {split!r} folder ({layout})")
-        unknown = sorted(
-            p.name
-            for p in split_dir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and p.name not in class_names
-        )
+        unknown = [name for name in _class_folders(split_dir) if name not in class_names]
         if unknown:
             raise DataError(
                 f"image_folder: {str(split_dir)!r} has class folders missing from train: "
@@ -684,14 +679,76 @@ def _image_folder_source(cfg: DataConfig) -> _Source:
     return _Source(files, read)
 
 
+def _dangling(entry: os.DirEntry[str]) -> DataError | None:
+    """The error for a symbolic link whose target does not exist, else None."""
+    if not entry.is_symlink() or os.path.exists(entry.path):
+        return None
+    return DataError(
+        f"data.root: {entry.path}: dangling symbolic link to {os.readlink(entry.path)!r}, "
+        "which does not exist; restore its target or remove the link"
+    )
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``directory`` not hidden (no leading dot), sorted by name."""
+    try:
+        with os.scandir(directory) as scan:
+            return sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as error:
+        raise DataError(f"data.root: cannot list {str(directory)!r}: {error.strerror}") from None
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    """The class folder names of ``split_dir`` (``ROOT/train``), sorted; a symlinked folder
+    counts. Raises ``DataError`` naming a dangling symbolic link (it may have been a class)."""
+    names = []
+    for entry in _entries(split_dir):
+        error = _dangling(entry)
+        if error is not None:
+            raise error
+        if entry.is_dir():  # follows a symbolic link
+            names.append(entry.name)
+    return names
+
+
 def _image_files(class_dir: Path) -> list[Path]:
+    """The image files (by extension) at any depth under ``class_dir``, sorted; hidden files
+    and folders (a leading dot: ``.DS_Store``, ``.ipynb_checkpoints``) are skipped.
+
+    Symbolic links are followed, to folders and to files; each file keeps the path it was
+    found by (through the link). A folder reached twice by its real path (two links to it) is
+    read once. Raises ``DataError`` naming a dangling link, or a link to a folder that
+    contains it (a loop, which would make this class hold itself), or a folder that cannot be
+    listed."""
     if not class_dir.is_dir():
         return []
-    return sorted(
-        p
-        for p in class_dir.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )
+    found: list[Path] = []
+    seen: set[str] = set()
+    stack = [class_dir]
+    while stack:
+        directory = stack.pop()
+        real = os.path.realpath(directory)
+        if real in seen:
+            continue
+        seen.add(real)
+        folders = []
+        for entry in _entries(directory):
+            error = _dangling(entry)
+            if error is not None:
+                raise error
+            path = Path(entry.path)
+            if entry.is_dir():
+                target = os.path.realpath(path)
+                if entry.is_symlink() and os.path.commonpath([real, target]) == target:
+                    raise DataError(
+                        f"data.root: {path}: symbolic link loop: it points to {target!r}, "
+                        "a folder that contains the link; remove the link"
+                    )
+                folders.append(path)
+            elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(path)
+        stack += reversed(folders)  # depth first, in name order: the first path to a folder wins
+    return sorted(found)
 
 
 def _round_robin(by_class: list[list[Path]]) -> Iterator[tuple[Path, int]]:
@@ -1255,9 +1312,7 @@ def train_class_counts(cfg: DataConfig) -> list[int] | None:
         train_dir = Path(cfg.root).expanduser().resolve() / "train"
         if not train_dir.is_dir():
             return None
-        names = sorted(
-            p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        names = _class_folders(train_dir)
         rows = list(_round_robin([_image_files(train_dir / name) for name in names]))[:limit]
         return np.bincount([c for _, c in rows], minlength=len(names)).tolist() if rows else None
     return None

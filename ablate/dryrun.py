@@ -10,7 +10,7 @@ from typing import Any
 
 from ablate import data, preflight
 from ablate.config import DataConfig
-from ablate.spec import SweepPlan, trial_resources
+from ablate.spec import SpecError, SweepPlan, trial_resources
 from ablate.vocabulary import format_value
 
 
@@ -80,7 +80,17 @@ def describe_plan(plan: SweepPlan) -> str:
     """The ``--dry-run`` text: the trial table, the resources and the estimated compute.
 
     Raises ``SpecError`` for a batch larger than its pretraining set
-    (``preflight.check_batch_sizes``): a trial table with 0 steps per epoch is no plan."""
+    (``preflight.check_batch_sizes``): a trial table with 0 steps per epoch is no plan; and
+    for a data source whose size cannot be counted (a ``DataError`` of ``ablate.data``, e.g. a
+    dangling symbolic link in an image folder), at the key the error names."""
+    try:
+        return _describe_plan(plan)
+    except data.DataError as error:
+        message = str(error).removeprefix(f"{error.key}: ")
+        raise SpecError(plan.source, error.key, message) from None
+
+
+def _describe_plan(plan: SweepPlan) -> str:
     preflight.check_batch_sizes(plan)
     spec = plan.spec
     description = " ".join(spec.description.split())

@@ -251,6 +251,83 @@ def test_image_folder_missing_and_empty(tmp_path: Path) -> None:
         load_dataset(DataConfig(name="image_folder", root=str(tmp_path)))
 
 
+def _pngs(folder: Path, n: int, value: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{value}_{i}.png").write_bytes(encode(np.full((8, 8, 3), value, np.uint8)))
+
+
+def _two_class_folder(root: Path) -> Path:
+    """ROOT/{train,test}/{cat,dog}: 2 train images a class (cat 10, dog 20), 1 test image."""
+    for split, n in (("train", 2), ("test", 1)):
+        _pngs(root / split / "cat", n, 10)
+        _pngs(root / split / "dog", n, 20)
+    return root
+
+
+def test_image_folder_follows_symlinked_folders_and_files(tmp_path: Path) -> None:
+    root = _two_class_folder(tmp_path / "ds")
+    _pngs(tmp_path / "shared" / "cats", 3, 11)
+    _pngs(tmp_path / "birds", 2, 30)
+    (root / "train" / "cat" / "more").symlink_to(tmp_path / "shared" / "cats")  # a subfolder
+    (root / "train" / "dog" / "linked.png").symlink_to(tmp_path / "shared" / "cats" / "11_0.png")
+    (root / "train" / "bird").symlink_to(tmp_path / "birds")  # a class folder
+    (root / "test" / "bird").symlink_to(tmp_path / "birds")
+    cfg = DataConfig(name="image_folder", root=str(root))
+    assert data.train_class_counts(cfg) == [2, 2 + 3, 2 + 1]  # bird, cat, dog
+    ds = load_dataset(cfg)
+    assert ds.class_names == ["bird", "cat", "dog"]
+    cats = ds.train.images[ds.train.labels == 1][..., 0]
+    assert sorted({int(v) for v in np.unique(cats)}) == [10, 11]
+    assert (ds.train.images[ds.train.labels == 2][..., 0] == 11).any()  # the linked file
+    assert ds.test.labels.tolist().count(0) == 2
+
+
+def test_image_folder_reads_a_folder_linked_twice_once(tmp_path: Path) -> None:
+    root = _two_class_folder(tmp_path / "ds")
+    _pngs(tmp_path / "extra", 3, 11)
+    (root / "train" / "cat" / "a").symlink_to(tmp_path / "extra")
+    (root / "train" / "cat" / "b").symlink_to(tmp_path / "extra")
+    (tmp_path / "extra" / "again").symlink_to(root / "train" / "cat" / "a")  # leads back to itself
+    with pytest.raises(DataError, match="symbolic link loop"):
+        data.train_class_counts(DataConfig(name="image_folder", root=str(root)))
+    (tmp_path / "extra" / "again").unlink()
+    assert data.train_class_counts(DataConfig(name="image_folder", root=str(root))) == [5, 2]
+
+
+@pytest.mark.parametrize("target", [".", "..", "../..", "../../.."])
+def test_image_folder_symlink_loop_is_an_error_not_an_endless_walk(
+    tmp_path: Path, target: str
+) -> None:
+    root = _two_class_folder(tmp_path / "ds")
+    link = root / "train" / "cat" / "loop"
+    link.symlink_to(target)
+    cfg = DataConfig(name="image_folder", root=str(root))
+    with pytest.raises(DataError) as error:
+        data.check_sources(cfg)
+    assert str(error.value).startswith(f"data.root: {link}: symbolic link loop")
+    assert error.value.key == "data.root"
+
+
+@pytest.mark.parametrize("where", ["train/cat/gone.png", "train/cat/sub/gone.png", "test/gone"])
+def test_image_folder_dangling_link_is_an_error_naming_it(tmp_path: Path, where: str) -> None:
+    root = _two_class_folder(tmp_path / "ds")
+    link = root / where
+    link.parent.mkdir(parents=True, exist_ok=True)
+    _pngs(link.parent, 1, 40)
+    link.symlink_to(tmp_path / "deleted")
+    cfg = DataConfig(name="image_folder", root=str(root))
+    for check in (data.check_sources, load_dataset):
+        with pytest.raises(DataError) as error:
+            check(cfg)
+        assert str(error.value).startswith(f"data.root: {link}: dangling symbolic link to")
+        assert str(tmp_path / "deleted") in str(error.value)
+    # A hidden dangling link (an editor's lock file, .#name) is skipped like any hidden file.
+    link.unlink()
+    (link.parent / ".#gone.png").symlink_to(tmp_path / "deleted")
+    data.check_sources(cfg)
+
+
 def test_image_folder_corrupt_file_is_named(tmp_path: Path) -> None:
     _image_folder(tmp_path)
     bad = tmp_path / "train" / "dog" / "1.PNG"
