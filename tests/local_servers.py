@@ -444,3 +444,60 @@ def render_page(url: str, screenshot: Path, budget_ms: int = 15000) -> str:
             timeout=180,
         )
     return done.stdout
+
+
+# ----------------------------------------------------------------------------- drivers, load
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid`` (None if gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def driver_pids(driver: int, ray_temp_dir: str | None = None) -> set[int]:
+    """A sweep driver and the local Ray it started, as far as they still run.
+
+    The driver is started in a session of its own (``spawn_logged`` / ``start_new_session``):
+    Ray's gcs, raylet, dashboard and workers inherit it, and stay in it after the driver is
+    killed (reparented, not re-sessioned). With ``ray_temp_dir`` (the driver's
+    ``$RAY_TMPDIR``), processes naming it count too. Never another session's processes.
+    """
+    found = {pid for pid in _all_pids() if session_of(pid) == driver and alive(pid)}
+    if ray_temp_dir:
+        found |= {pid for pid in pids_mentioning(ray_temp_dir) if alive(pid)}
+    found.discard(os.getpid())
+    return found
+
+
+def ray_train_workers(driver: int) -> list[int]:
+    """The Ray Train workers (process title ``ray::RayTrainWorker...``) of a driver's Ray."""
+    return sorted(
+        pid for pid in driver_pids(driver) if cmdline(pid).startswith("ray::RayTrainWorker")
+    )
+
+
+@contextlib.contextmanager
+def cpu_burners(count: int = 2):
+    """``count`` processes that each keep one core busy (``while True: pass`` at nice 0), for
+    a test that must pass on a loaded machine; killed by PID on exit. Yields their PIDs."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield [p.pid for p in processes]
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        for process in processes:
+            process.wait(timeout=30)
