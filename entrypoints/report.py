@@ -6,6 +6,9 @@
 Rank with the sweep's own ``scheduler.metric`` and ``scheduler.mode`` to get the ranking of its
 ``summary.json``. The tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default
 store keeps it at ``sqlite:////<storage_path>/mlflow.db``.
+
+Exit status 2: no such experiment or sweep run; 74: the output directory, the MLflow store or
+its artifact location is full or read-only (the message names it).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     # Imported after the arguments are read: ablate.tracking imports Ray and MLflow.
     from ablate.report import SHOWN_COMPARISONS, format_comparison
-    from ablate.tracking import publish_report
+    from ablate.tracking import StorageError, publish_report
 
     try:
         report = publish_report(
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_status
     print(f"report of parent run {report.results.parent_run_id}: {report.out_dir}")
     print(f"  {len(report.results.rows)} trials -> {report.results_path}")
     for finding in report.findings:
