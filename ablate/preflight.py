@@ -2,11 +2,15 @@
 naming the file and dotted key (the entrypoint's exit status 2), raised before Ray starts or
 anything is written.
 
-``check(plan, resume)`` runs them all, once, in order: the storage path, the data sources (via
-``ablate.data.check_sources``, which decodes nothing), the sweep's results directory (refused
-unless ``--resume``; on resume, a changed plan is refused) and, when tracking is on, whether the
-MLflow store answers (``ablate.tracking``, imported only then: it imports Ray). Its ``Preflight``
-says what the sweep needs to go on. The cluster's resources are known only once Ray is
+``check(plan, resume)`` runs them all, once, in order: the storage path; the sweep's driver
+lock (``ablate.driverlock``: ``<storage>/<sweep>/driver.lock``, the one thing written here, so
+that a second driver of the same sweep is refused and the next check cannot race another
+driver's start); the data sources (via ``ablate.data.check_sources``, which decodes nothing);
+the sweep's results directory (refused unless ``--resume``; on resume, a changed or damaged
+``plan.json`` is refused and Tune's saved experiment state is checked, ``ablate.tunestate``)
+and, when tracking is on, whether the MLflow store answers (``ablate.tracking``, imported only
+then: it imports Ray). Its ``Preflight`` says what the sweep needs to go on and holds the lock,
+which a failed check releases. The cluster's resources are known only once Ray is
 connected: ``check_cluster`` holds that rule, and ``ablate.sweep`` calls it with Ray's node list.
 """
 
@@ -20,27 +24,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate import data
+from ablate import data, driverlock
 from ablate.config import ConfigurationError, DataConfig
 from ablate.spec import SpecError, SweepPlan, trial_resources
 
 
 @dataclass(frozen=True)
 class Preflight:
-    """What the checks found: ``restore`` (continue the sweep from its results directory) and
-    ``tracking_uri`` (the MLflow store that answered; None when the spec turns tracking off)."""
+    """What the checks found: ``restore`` (continue the sweep from its results directory),
+    ``tracking_uri`` (the MLflow store that answered; None when the spec turns tracking off)
+    and ``lock``, the sweep's driver lock this process holds (None for remote storage), which
+    ``release`` gives up (``ablate.sweep.run_sweep`` does at its end)."""
 
     restore: bool
     tracking_uri: str | None
+    lock: driverlock.DriverLock | None = None
+
+    def release(self) -> None:
+        """Release the driver lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def check(plan: SweepPlan, resume: bool = False) -> Preflight:
-    """Run every pre-Ray check of ``plan`` once (see the module docstring); raises ``SpecError``."""
+    """Run every pre-Ray check of ``plan`` once (see the module docstring); raises ``SpecError``
+    (the driver lock released)."""
     check_storage_path(plan)
-    check_data_sources(plan)
-    check_batch_sizes(plan)
-    restore = check_experiment_dir(plan, resume)
-    return Preflight(restore=restore, tracking_uri=check_tracking(plan))
+    lock = take_driver_lock(plan)
+    try:
+        check_data_sources(plan)
+        check_batch_sizes(plan)
+        restore = check_experiment_dir(plan, resume, lock)
+        return Preflight(restore=restore, tracking_uri=check_tracking(plan), lock=lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def take_driver_lock(plan: SweepPlan) -> driverlock.DriverLock | None:
+    """The sweep's driver lock (``ablate.driverlock``) for this process; None for remote
+    storage (a URI: no exclusive create there). Raises ``SpecError`` at ``name`` when another
+    driver holds it (naming its pid, host and start time) or it cannot be created."""
+    if "://" in plan.storage_path:
+        return None
+    try:
+        return driverlock.acquire(plan.experiment_dir)
+    except driverlock.DriverLockError as error:
+        raise SpecError(plan.source, "name", str(error)) from None
 
 
 # ----------------------------------------------------------------------------- storage
@@ -98,14 +129,20 @@ def check_storage_path(plan: SweepPlan) -> None:
         )
 
 
-def check_experiment_dir(plan: SweepPlan, resume: bool) -> bool:
-    """Refuse to overwrite a sweep; on resume, refuse a changed plan. True: restore from it.
+def check_experiment_dir(
+    plan: SweepPlan, resume: bool, lock: driverlock.DriverLock | None = None
+) -> bool:
+    """Refuse to overwrite a sweep; on resume, refuse a changed or damaged ``plan.json`` and
+    check Tune's saved state (``ablate.tunestate.choose_state``: the newest intact one, or
+    ``SpecError`` naming the damaged file). True: restore from it.
 
+    ``lock``: the sweep's driver lock, held: a directory that lock created is a new sweep
+    (checked under the lock, so two drivers started together cannot both find no results).
     Checked before the tracker reopens that sweep's MLflow runs, which would otherwise be
     closed as FAILED by a refused start.
     """
     directory = plan.experiment_dir
-    if not path_exists(directory):
+    if lock.created_directory if lock is not None else not path_exists(directory):
         return False
     if not resume:
         raise SpecError(
@@ -114,8 +151,8 @@ def check_experiment_dir(plan: SweepPlan, resume: bool) -> bool:
             f"{directory} already exists: pass --resume to continue that sweep, or give a new "
             "name (--set name=...) or --storage-path",
         )
-    saved = read_text(f"{directory}/plan.json")
-    if saved is not None and json.loads(saved) != json.loads(plan.plan_json()):
+    saved_plan = _saved_plan(plan)
+    if saved_plan is not None and saved_plan != json.loads(plan.plan_json()):
         raise SpecError(
             plan.source,
             "name",
@@ -123,7 +160,28 @@ def check_experiment_dir(plan: SweepPlan, resume: bool) -> bool:
             "continues the original plan only: restore the spec (and --set values) or use a "
             "new name",
         )
+    from ablate import tunestate  # imports Ray Tune: only on resume
+
+    tunestate.choose_state(directory, plan.source)
     return True
+
+
+def _saved_plan(plan: SweepPlan) -> Any:
+    """The parsed ``plan.json`` of the sweep's directory (None: there is none). Raises
+    ``SpecError`` naming the file when it is not JSON (e.g. cut short)."""
+    path = f"{plan.experiment_dir}/plan.json"
+    try:
+        text = read_text(path)
+        return None if text is None else json.loads(text)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise SpecError(
+            path,
+            "",
+            f"is damaged ({error}), so --resume cannot check that the spec still plans the "
+            f"trials this sweep was started with (its spec is {plan.experiment_dir}/spec.yaml). "
+            f"Restore {path} from a backup and pass --resume again, or run the sweep anew "
+            "under another name (--set name=<new name>, without --resume)",
+        ) from None
 
 
 # ----------------------------------------------------------------------------- data

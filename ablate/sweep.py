@@ -45,7 +45,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from ablate import data as data_lib
-from ablate import placement, preflight, relay, stats, vocabulary
+from ablate import driverlock, placement, preflight, relay, stats, trialrecord, vocabulary
 from ablate.config import DataConfig
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
 from ablate.vocabulary import format_value
@@ -291,10 +291,35 @@ def _alive_nodes() -> list[dict[str, float]]:
 
 
 def _write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: locally a temporary file in the same
+    directory, flushed to disk, then renamed over ``path``, so a crash or a full disk never
+    leaves it cut short; a URI (an object store) is written in one upload."""
     fs, inner = preflight.filesystem(path)
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(inner) as stream:
-        stream.write(text.encode())
+    directory = inner.rsplit("/", 1)[0]
+    fs.create_dir(directory, recursive=True)
+    if "://" in path:
+        with fs.open_output_stream(inner) as stream:
+            stream.write(text.encode())
+        return
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(text.encode())
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself, on filesystems that allow it
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -336,21 +361,36 @@ def _check_batches(plan: SweepPlan, data: dict[str, Any], dataset: data_lib.Data
 def trial_records(plan: SweepPlan, results: Any) -> list[dict[str, Any]]:
     """One dict per Tune trial: its varying values, outcome (``vocabulary.trial_outcome``) and
     the last value of every metric it reported: the ranking metric, the final evaluations
-    (``vocabulary.FINAL_METRICS``, semi-supervised ones included), the loss and wall time."""
+    (``vocabulary.FINAL_METRICS``, semi-supervised ones included), the loss and wall time.
+
+    The outcome rests on the trial's own record of its epochs
+    (``trialrecord.newest_recorded_result``) where that goes further than the last result
+    Tune restored: a trial that ran its planned epochs is completed (even if Tune then marked
+    it errored). "Stopped" needs a scheduler that stops trials early (ASHA); under FIFO an
+    unfinished trial is interrupted."""
+    early_stopping = plan.spec.scheduler.name != "fifo"
     records = []
     for result in results:
         param = result.config or {}
         config = param.get("config") or plan.base
         metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(str(result.path)).name
         errored = result.error is not None
+        recorded = trialrecord.newest_recorded_result(
+            str(result.path) if result.path else None, f"{plan.train_storage_path}/{trial_id}"
+        )
+        if recorded and recorded["epoch"] > (metrics.get("epoch") or 0):
+            metrics.update(recorded)
+            errored = errored and recorded.get("status") != "completed"
         epochs = int(config["train"]["epochs"])
+        outcome = vocabulary.trial_outcome(metrics, epochs, errored, early_stopping)
         records.append(
             {
-                "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
+                "trial_id": trial_id,
                 "varying": param.get("varying", {}),
                 "replicate": param.get("replicate", 0),
                 "seed": config["train"]["seed"],
-                "status": vocabulary.trial_outcome(metrics, epochs, errored).status,
+                "status": outcome.status,
                 "epoch": metrics.get("epoch"),
                 "epochs": epochs,
                 "overhead_seconds": metrics.get("overhead_seconds"),
@@ -367,6 +407,34 @@ def trial_records(plan: SweepPlan, results: Any) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def _planned_key(varying: dict[str, Any], replicate: int) -> str:
+    return json.dumps([varying, replicate], sort_keys=True, default=str)
+
+
+def trial_tally(plan: SweepPlan, records: list[dict[str, Any]]) -> dict[str, int]:
+    """The planned trials against those Tune returned: ``planned`` (``plan.num_trials``), the
+    count of each outcome (``vocabulary.TRIAL_STATUSES``) and ``missing``, planned trials Tune
+    returned no trial for (matched by varying values and replicate; under optuna, by count)."""
+    tally = {"planned": plan.num_trials}
+    tally.update({s: sum(r["status"] == s for r in records) for s in vocabulary.TRIAL_STATUSES})
+    if plan.trials:
+        returned = Counter(_planned_key(r["varying"], r["replicate"]) for r in records)
+        planned = Counter(_planned_key(t["varying"], t.get("replicate", 0)) for t in plan.trials)
+        tally["missing"] = sum((planned - returned).values())
+    else:
+        tally["missing"] = max(0, plan.num_trials - len(records))
+    return tally
+
+
+def format_tally(tally: dict[str, int]) -> str:
+    """``N planned, N completed, N stopped, N failed, N missing`` (diverged and interrupted
+    trials named when there are any)."""
+    parts = [f"{tally['planned']} planned"]
+    parts += [f"{tally[s]} {s}" for s in ("completed", "stopped", "failed")]
+    parts += [f"{tally[s]} {s}" for s in ("diverged", "interrupted") if tally[s]]
+    return ", ".join([*parts, f"{tally['missing']} missing"])
 
 
 def _stats_record(group: stats.GroupStats | None) -> dict[str, float | int | None]:
@@ -474,9 +542,17 @@ def format_summary(
             f"mean {overhead['mean']:.1f} s, max {overhead['max']:.1f} s "
             f"over {overhead['n']} trials"
         )
+    tally = trial_tally(plan, records)
+    lines.append(f"trials: {format_tally(tally)}")
     failed = [r for r in records if r["status"] == "failed"]
     for record in failed[:5]:
         lines.append(f"failed trial {record['trial_id']}: {record['error']}")
+    unfinished = tally["missing"] + tally["interrupted"]
+    if unfinished:
+        lines.append(
+            f"{unfinished} planned trial(s) did not finish (missing or interrupted): rerun "
+            "the same command with --resume to run them"
+        )
     lines.append(f"results: {plan.experiment_dir}")
     return "\n".join(lines)
 
@@ -618,11 +694,18 @@ class SweepSummary:
     summary_path: str
     report_path: str | None
     tracking_uri: str | None
+    #: ``trial_tally``: planned trials against the outcomes of those Tune returned.
+    tally: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
         """Trials that raised."""
         return sum(row["failed"] for row in self.rows)
+
+    @property
+    def unfinished(self) -> int:
+        """Planned trials that did not end: missing from Tune's results, or interrupted."""
+        return self.tally.get("missing", 0) + self.tally.get("interrupted", 0)
 
 
 def run_sweep(
@@ -640,7 +723,9 @@ def run_sweep(
 
     ``spec`` is a path or a loaded ``SweepPlan`` (``overrides`` are ``--set`` strings). The
     checks of ``ablate.preflight`` run first unless ``checked`` holds their result (a caller
-    that ran them itself); any problem raises ``SpecError`` before a trial starts. With
+    that ran them itself); any problem raises ``SpecError`` before a trial starts. They take
+    the sweep's driver lock (``ablate.driverlock``), which this function releases when it
+    returns or raises, ``checked``'s included. With
     ``tracking.enabled`` the sweep is logged to the store of the spec's ``tracking.uri`` /
     ``tracking.experiment`` and its report (ranked by ``scheduler.metric``/``mode``) written to
     ``<experiment_dir>/report``. ``callbacks`` are further Ray Tune callbacks. The console
@@ -656,6 +741,20 @@ def run_sweep(
     else:
         plan = load_sweep(spec, overrides)
     checked = checked or preflight.check(plan, resume)
+    try:
+        return _run_checked(plan, checked, address, callbacks, share_data, verbose)
+    finally:
+        checked.release()  # the driver lock preflight.check took
+
+
+def _run_checked(
+    plan: SweepPlan,
+    checked: preflight.Preflight,
+    address: str | None,
+    callbacks: Sequence[Any],
+    share_data: bool,
+    verbose: bool,
+) -> SweepSummary:
     if "://" not in plan.storage_path and "runtime_resources" in os.getcwd():
         print(
             f"warning: results go to {plan.storage_path}, inside the job's temporary working "
@@ -692,7 +791,9 @@ def run_sweep(
             mode=plan.mode,
         )
         report_path = str(built.summary_path)
-    return SweepSummary(rows, records, summary_path, report_path, checked.tracking_uri)
+    return SweepSummary(
+        rows, records, summary_path, report_path, checked.tracking_uri, trial_tally(plan, records)
+    )
 
 
 def sweep_log_path(plan: SweepPlan) -> str:
@@ -733,11 +834,12 @@ def _run_trials(
     except SpecError:
         # Nothing ran (a check after Ray started failed): leave no sweep directory behind
         # that only holds this log, or the next run of the same name would be refused.
+        # The driver lock, released after this, removes the then empty directory it created.
         parent = os.path.dirname(log_dir)
-        if os.path.isdir(parent) and os.listdir(parent) == ["logs"]:
+        if os.path.isdir(parent) and set(os.listdir(parent)) - {driverlock.LOCK_NAME} == {"logs"}:
             import shutil
 
-            shutil.rmtree(parent)
+            shutil.rmtree(log_dir)
         raise
     finally:
         if os.path.exists(log_path):
@@ -795,6 +897,7 @@ def _run_tuner(
             "metric": plan.metric,
             "mode": plan.mode,
             "num_trials": len(records),
+            "trials_planned": trial_tally(plan, records),
             "max_concurrent_trials": concurrency,
             "wall_seconds": time.time() - started_at,
             "overhead_seconds": _overhead(records),

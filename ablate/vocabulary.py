@@ -19,7 +19,8 @@ from typing import Any
 #: How a trial ended (tag ``ablate.status``), each with the MLflow run status it closes with.
 #: ``completed``: ran its planned ``train.epochs``; ``stopped``: the scheduler (ASHA) stopped it
 #: early; ``diverged``: its loss became non-finite; ``failed``: it raised; ``interrupted``: it
-#: never reported an epoch (the sweep ended or was killed first).
+#: never reported an epoch, or, where no scheduler stops trials early (FIFO), it ended before
+#: its planned epochs (the sweep ended or was killed first).
 TRIAL_STATUSES: dict[str, str] = {
     "completed": "FINISHED",
     "stopped": "FINISHED",
@@ -40,7 +41,10 @@ class Outcome:
 
 
 def trial_outcome(
-    last_result: dict[str, Any] | None, planned_epochs: int, errored: bool = False
+    last_result: dict[str, Any] | None,
+    planned_epochs: int,
+    errored: bool = False,
+    early_stopping: bool = True,
 ) -> Outcome:
     """How a trial ended, from its last reported result.
 
@@ -48,7 +52,8 @@ def trial_outcome(
     its last result says ``status: failed`` (a configuration that cannot run, reported by the
     trial instead of raised so that it is not retried; ``reason`` says why);
     interrupted: it never reported an epoch; completed: it reported ``status: completed`` or
-    reached ``planned_epochs``; otherwise the scheduler stopped it early.
+    reached ``planned_epochs``; otherwise the scheduler stopped it early, if the sweep's
+    scheduler stops trials early (``early_stopping``: ASHA), else it was interrupted.
     """
     last_result = last_result or {}
     epoch = last_result.get("epoch")
@@ -63,6 +68,11 @@ def trial_outcome(
         return Outcome("interrupted", "interrupted before its first epoch was reported")
     if last_result.get("status") == "completed" or int(epoch) >= planned_epochs:
         return Outcome("completed", f"completed {planned_epochs} epochs")
+    if not early_stopping:
+        return Outcome(
+            "interrupted",
+            f"interrupted at epoch {epoch} of {planned_epochs} (the sweep ended first)",
+        )
     return Outcome(
         "stopped", f"stopped by the scheduler (ASHA) at epoch {epoch} of {planned_epochs}"
     )
