@@ -475,6 +475,9 @@ class TrialState:
         default_factory=lambda: {vocabulary.DEFAULT_RANKING_METRIC: float("nan")}
     )
     history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report
+    #: Not saved: what this worker group's checkpoint names end with ("" unless it resumed
+    #: from an older checkpoint than Train's latest, which was damaged: ``ablate.checkpoint``).
+    checkpoint_suffix: str = ""
 
 
 def write_checkpoint(directory: str, worker: Worker, state: TrialState) -> None:
@@ -514,18 +517,26 @@ def read_checkpoint(directory: str, worker: Worker) -> TrialState:
 
 def resume(worker: Worker) -> TrialState | None:
     """The state of Ray Train's latest checkpoint of this run, loaded into ``worker``; None
-    when the run starts fresh."""
+    when the run starts fresh. A latest checkpoint that does not load (cut short) is skipped
+    for the newest older one that does, with a warning in the trial's log
+    (``ablate.checkpoint.load_newest_intact``); raises ``CheckpointDamaged`` when none does."""
     import ray.train
+
+    from ablate.checkpoint import load_newest_intact
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as directory:
-        return read_checkpoint(directory, worker)
+    resumed = load_newest_intact(checkpoint, lambda directory: read_checkpoint(directory, worker))
+    resumed.value.checkpoint_suffix = resumed.suffix
+    return resumed.value
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"epoch_{epoch:05d}"
+def checkpoint_dir_name(epoch: int, suffix: str = "") -> str:
+    """The checkpoint directory of ``epoch`` (``TrialState.checkpoint_suffix``)."""
+    from ablate.checkpoint import dir_name
+
+    return dir_name(epoch, suffix)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -829,7 +840,7 @@ def report(worker: Worker, state: TrialState, metrics: dict[str, Any], save: boo
     if not save:
         ray.train.report(metrics)
         return None
-    name = checkpoint_dir_name(state.epoch)
+    name = checkpoint_dir_name(state.epoch, state.checkpoint_suffix)
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if worker.rank == 0:
