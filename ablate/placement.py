@@ -14,7 +14,7 @@ when it shuts down properly; the janitor checks the registered controllers every
 ``interval_s`` in the GCS's actor table (Train's cleaner asks ``ray.util.state.get_actor``,
 which needs the dashboard) and removes the placement group of any that is dead. It also
 removes every placement group of the sweep's job whose creator actor is dead
-(``orphaned_groups``), which covers a group still waiting to be placed when its controller
+(``actor_groups``), which covers a group still waiting to be placed when its controller
 died: such a group was placed later and kept the cores reserved, freezing the sweep (issue 22).
 ``start_janitor`` starts it as a named actor owned by the sweep's driver; ``stop_janitor`` waits
 for the controllers still registered to end (removing what they leave), then ends it.
@@ -62,6 +62,7 @@ class PlacementGroupJanitor:
         self._waiting: dict[str, tuple[float, list[dict[str, float]]]] = {}
         self._removed: list[str] = []
         self._job_id = ray.get_runtime_context().get_job_id()
+        self._live_groups = 0  # groups of the job whose creator lives, at the last check
         self._lock = threading.Lock()
         # One check at a time: drain's check then returns only after a removal the watcher
         # had under way is done and recorded (else the janitor could be killed mid-removal).
@@ -111,9 +112,10 @@ class PlacementGroupJanitor:
             return list(self._removed)
 
     def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for every registered controller to end or release its group
-        (checking as the watcher does; it gives up once the GCS has not answered for
-        ``UNANSWERED_S``); returns how many are still registered."""
+        """Wait up to ``timeout_s`` for every registered controller (holding its group or
+        waiting for it) to end or release it, and for every group of the job made by a live
+        actor to go (checking as the watcher does, orphans removed; it gives up once the GCS
+        has not answered for ``UNANSWERED_S``); returns how many are still left."""
         deadline = time.monotonic() + timeout_s
         unanswered_since: float | None = None
         while True:
@@ -121,7 +123,8 @@ class PlacementGroupJanitor:
             now = time.monotonic()
             unanswered_since = None if answered else (unanswered_since or now)
             with self._lock:
-                left = len(self._groups)
+                # A group whose creator just died may not be flagged an orphan yet.
+                left = max(len(self._groups) + len(self._waiting), self._live_groups)
             silent = unanswered_since is not None and now - unanswered_since >= UNANSWERED_S
             if not left or silent or now > deadline:
                 return left
@@ -164,13 +167,18 @@ class PlacementGroupJanitor:
                 with self._lock:
                     self._removed.append(group.id.hex())
         try:
-            orphans = orphaned_groups(self._job_id)
+            groups = actor_groups(self._job_id)
         except Exception:
             return False
-        for group in orphans:
-            if _remove(group):
+        alive = 0
+        for group, orphaned in groups:
+            if not orphaned:
+                alive += 1
+            elif _remove(group):
                 with self._lock:
                     self._removed.append(group.id.hex())
+        with self._lock:
+            self._live_groups = alive
         return answered
 
 
@@ -191,12 +199,13 @@ def _actor_alive(actor_id: str) -> bool | None:
     return bool(info) and info.get("State") != "DEAD"
 
 
-def orphaned_groups(job_id: str) -> list[Any]:
-    """Placement groups of job ``job_id`` (hex) that are not removed, not detached, and whose
-    creator actor is dead, per the GCS's placement-group table: a Train controller killed
-    with its trial (Tune's stop, the stall watchdog, a retried trial) leaves its group behind
-    whether it was holding resources or still waiting for them (a pending group is placed
-    later and then holds them), as Ray ties a group's life to the job, not to its creator."""
+def actor_groups(job_id: str) -> list[tuple[Any, bool]]:
+    """Placement groups of job ``job_id`` (hex) made by an actor (a Train controller, for a
+    sweep), neither removed nor detached, per the GCS's placement-group table: each with
+    whether its creator is dead (an orphan). A controller killed with its trial (Tune's stop,
+    the stall watchdog, the end of a sweep) leaves its group behind whether it held resources
+    or still waited for them (a pending group is placed later and then holds them), as Ray
+    ties a group's life to the job, not to its creator."""
     from ray._private import state
     from ray._raylet import PlacementGroupID
     from ray.core.generated import gcs_pb2
@@ -209,12 +218,13 @@ def orphaned_groups(job_id: str) -> list[Any]:
         if (
             data.state == table.REMOVED
             or data.is_detached
-            or not data.creator_actor_id
-            or not data.creator_actor_dead
+            # A driver's groups (Tune's own) name the nil actor, which the GCS calls dead.
+            or ray.ActorID(data.creator_actor_id).is_nil()
             or data.creator_job_id.hex() != job_id
         ):
             continue
-        found.append(PlacementGroup(PlacementGroupID(data.placement_group_id)))
+        group = PlacementGroup(PlacementGroupID(data.placement_group_id))
+        found.append((group, bool(data.creator_actor_dead)))
     return found
 
 

@@ -1,0 +1,180 @@
+"""A sweep never freezes on resources: orphaned placement groups are removed, a hung worker is
+ended by the stall watchdog, and a trial the cluster cannot place ends the sweep with a message
+that says who holds the cluster (issue 22). Real Ray, real sweeps on synthetic data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from local_servers import placement_groups_left
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+
+#: One tiny trial of the quickstart: 128 images of 16 px, 3 epochs of 2 steps, no MLflow.
+TINY = [
+    "data.num_train=128",
+    "data.num_test=32",
+    "data.synthetic_size=16",
+    "train.batch_size=32",
+    "train.steps_per_epoch=2",
+    "train.epochs=3",
+    "eval.knn_k=5",
+    "eval.probe.max_iter=5",
+    "tracking.enabled=false",
+    "space.augment.ops={grid: [[crop, color]]}",
+    "space.model.head={grid: [linear]}",
+]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from ablate.sweep import start_local_ray
+
+    start_local_ray(num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _wait(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return condition()
+
+
+@pytest.mark.slow
+def test_the_janitor_removes_orphaned_groups_pending_or_placed_and_keeps_live_ones(
+    ray_cluster,
+):
+    """A controller that dies while its group is still waiting leaves a pending group that
+    Ray places later (it then holds the cores for good: the ASHA freeze); one that dies while
+    holding its group leaves it reserved. The janitor removes both without any registration;
+    the group of a live creator stays."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from ablate import placement
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def make(self, cpus: float) -> str:
+            self.group = placement_group([{"CPU": cpus}])
+            return self.group.id.hex()
+
+        def remove(self) -> None:
+            ray.util.remove_placement_group(self.group)
+
+    janitor, _ = placement.start_janitor()
+    holding, waiting, live = Creator.remote(), Creator.remote(), Creator.remote()
+    held = ray.get(holding.make.remote(1))
+    pending = ray.get(waiting.make.remote(64))  # no node holds 64 CPUs: pending for ever
+    kept = ray.get(live.make.remote(1))
+    assert _wait(lambda: placement_group_table()[held]["state"] == "CREATED", 30)
+    ray.kill(holding)
+    ray.kill(waiting)
+    try:
+        assert _wait(
+            lambda: all(placement_group_table()[g]["state"] == "REMOVED" for g in (held, pending)),
+            30,
+        )
+        assert placement_group_table()[kept]["state"] != "REMOVED"
+        assert sorted(placement.stop_janitor(janitor, timeout_s=10)) == sorted([held, pending])
+    finally:
+        ray.get(live.remove.remote())
+        ray.kill(live)
+
+
+def test_reservations_are_described_by_trial_and_foreign_groups():
+    from ablate import placement
+
+    view = {
+        "holding": [{"trial": "t1", "placement_group": "aa" * 18}],
+        "waiting": [{"trial": "t2", "waited_s": 70.0, "bundles": [{"CPU": 1.0}]}],
+    }
+    groups = {
+        "aa" * 18: {"state": "CREATED", "bundles": {0: {"CPU": 1.0}}},
+        "bb" * 18: {"state": "CREATED", "bundles": {0: {"CPU": 1.0}, 1: {"CPU": 1.0}}},
+        "cc" * 18: {"state": "REMOVED", "bundles": {0: {"CPU": 4.0}}},
+    }
+    text = placement.describe_reservations(view, groups, {"CPU": 3.0}, {"CPU": 0.0})
+    assert text.startswith("the cluster has 0 of 3 CPU free; reserved by: ")
+    assert "trial t1 (1 x {CPU: 1})" in text
+    assert f"placement group {'bb' * 6} (2 x {{CPU: 1}}) of no running trial" in text
+    assert "cc" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_hung_worker_is_ended_as_stalled_and_the_sweep_goes_on(ray_cluster, tmp_path):
+    """Two trials; rank 0 of one SIGSTOPs itself after epoch 1. The stall watchdog ends that
+    trial failed with the reason 'stalled' and its worker group torn down; the other trial
+    completes, and nothing stays reserved."""
+    from ablate.sweep import run_sweep
+
+    done = run_sweep(
+        QUICKSTART,
+        overrides=[
+            *TINY,
+            f"storage.path={tmp_path}",
+            "space.train.faults.stop_at_epoch={grid: [1, null]}",
+            "resources.stall_timeout_s=20",
+            "algorithm.max_concurrent_trials=1",
+        ],
+    )
+    by_fault = {t["varying"]["train.faults.stop_at_epoch"]: t for t in done.trials}
+    assert by_fault[None]["status"] == "completed"
+    stalled = by_fault[1]
+    assert stalled["status"] == "failed"
+    assert "stalled: worker rank 0 gave no sign of life" in stalled["error"]
+    assert "resources.stall_timeout_s=20" in stalled["error"]
+    assert _wait(lambda: placement_groups_left() == [], 30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_trial_the_cluster_cannot_place_ends_the_sweep_naming_who_holds_it(
+    ray_cluster, tmp_path, capfd
+):
+    """Another job's placement group holds both CPUs. The sweep warns who holds them while its
+    trial waits, then ends with SweepStalledError at resources.schedule_timeout_s, instead of
+    waiting for ever (the ASHA freeze); its trial's own waiting group is removed."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from ablate.sweep import SweepStalledError, run_sweep
+
+    foreign = placement_group([{"CPU": 2.0}])
+    ray.get(foreign.ready(), timeout=60)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SweepStalledError) as raised:
+            run_sweep(
+                QUICKSTART,
+                overrides=[
+                    *TINY,
+                    f"storage.path={tmp_path}",
+                    "resources.schedule_timeout_s=40",
+                ],
+            )
+        elapsed = time.monotonic() - started
+        message = str(raised.value)
+        assert "could not start for" in message and "schedule_timeout_s=40" in message
+        assert f"placement group {foreign.id.hex()[:12]} (1 x {{CPU: 2}})" in message
+        assert "--resume" in message
+        assert elapsed < 200
+        err = capfd.readouterr().err
+        assert "warning: trial" in err and "has waited" in err
+        # Only the foreign group is left: the trial's pending group went with its controller.
+        assert _wait(lambda: placement_groups_left() == [foreign.id.hex()], 30)
+    finally:
+        remove_placement_group(foreign)
