@@ -212,6 +212,20 @@ def storage_error(
     return None
 
 
+class _QuietStorageErrors(logging.Filter):
+    """Drops MLflow's own ERROR record (with its SQLAlchemy traceback) of a write that failed
+    because the store is full or read-only: MLflow raises the same error to the tracker,
+    which raises it as one ``StorageError`` naming the store."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or storage_error(error) is None
+
+
+#: The logger of MLflow's SQL stores' sessions (``mlflow.store.db.utils.make_managed_session``).
+logging.getLogger("mlflow.store.db.utils").addFilter(_QuietStorageErrors())
+
+
 def store_name(tracking_uri: str) -> str:
     """How a message names an MLflow store: a SQLite store's database file, else its URI."""
     db = _sqlite_path(tracking_uri)
@@ -789,7 +803,7 @@ class SweepTracker:
         except StorageError as error:
             if exc_type is None and failure is None:
                 raise
-            logger.warning("MLflow: the runs could not be closed: %s", error)
+            logger.info("MLflow: the runs could not be closed: %s", error)
         if failure is not None and exc_type is None:
             raise failure
 
@@ -1102,7 +1116,7 @@ class MlflowCallback(Callback):
             return
         self.failure = failure
         self.tracker.record_failure(failure)
-        logger.error("stopping the sweep: %s", failure)
+        logger.info("stopping the sweep: %s", failure)  # raised once Tune has stopped
         handler = signal.getsignal(signal.SIGUSR1)
         tune_handler = callable(handler) and getattr(handler, "__module__", "").startswith(
             "ray.tune"
@@ -1163,7 +1177,12 @@ class MlflowCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         # A trial that failed writing its checkpoint or results: the storage, not the trial.
-        failure = storage_error(RuntimeError(_read_error(trial)), what="trial storage")
+        # A failed write() names no file: then the sweep's results (checkpoints live there).
+        failure = storage_error(
+            RuntimeError(_read_error(trial)),
+            self.tracker.results_dir or trial.path,
+            f"trial {trial.trial_id}: writing under",
+        )
         self._guard("on_trial_error", self._finish, trial, True, failure)
         if failure is not None:
             self._fail(failure)
@@ -1212,7 +1231,7 @@ class MlflowCallback(Callback):
                 failed = again
                 self.tracker.record_failure(failed)  # type: ignore[arg-type]
             else:
-                logger.warning("MLflow: closing the runs failed", exc_info=True)
+                logger.info("MLflow: closing the runs failed", exc_info=True)
             why = again.reason if again is not None else f"{type(exc).__name__}: {exc}"
             failed.notes.append(  # type: ignore[union-attr]
                 f"Its MLflow runs could not be marked ({why}): they show RUNNING until "
