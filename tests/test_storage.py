@@ -307,6 +307,40 @@ def test_a_trial_that_cannot_write_its_checkpoint_stops_the_sweep_with_its_runs_
     assert "no space left on device" in parent.data.tags["ablate.error"]
 
 
+# ----------------------------------------------------------------------------- entrypoint
+
+#: The quickstart cut down (as tests/test_sweep.py's SMALL), with epochs to spare: the sweep is
+#: still running when the test acts on it.
+SMALL = [
+    "data.num_train=256",
+    "data.num_test=64",
+    "data.synthetic_size=16",
+    "train.batch_size=32",
+    "train.steps_per_epoch=3",
+    "train.epochs=20",
+    "eval.eval_every=1",
+    "eval.knn_k=10",
+    "eval.probe.max_iter=10",
+]
+
+
+def _wait_for_an_epoch(driver: subprocess.Popen, db: Path, experiment: str) -> None:
+    """Until a trial run of ``experiment`` in the SQLite store ``db`` has logged an epoch.
+
+    The store is opened only once the driver has created it (opening creates it)."""
+    client = MlflowClient(f"sqlite:///{db}")
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        found = db.exists() and client.get_experiment_by_name(experiment)
+        if found and client.search_runs(
+            [found.experiment_id], "tags.`ablate.role` = 'trial' and metrics.epoch >= 1"
+        ):
+            return
+        time.sleep(1.0)
+    assert driver.poll() is None, driver.communicate()
+    raise AssertionError(f"no epoch logged in 240 s ({experiment})")
+
+
 # ----------------------------------------------------------------------------- Ctrl+C twice
 
 
@@ -314,37 +348,16 @@ def test_a_trial_that_cannot_write_its_checkpoint_stops_the_sweep_with_its_runs_
 @pytest.mark.timeout(400)
 def test_a_second_ctrl_c_ends_the_sweep_quietly_with_130_and_its_runs_killed(ray_cluster, tmp_path):
     uri = default_tracking_uri(tmp_path)
-    overrides = [
-        "data.num_train=256",
-        "data.num_test=64",
-        "data.synthetic_size=16",
-        "train.batch_size=32",
-        "train.steps_per_epoch=3",
-        "train.epochs=20",
-        "eval.eval_every=1",
-        "eval.knn_k=10",
-        "eval.probe.max_iter=10",
-        "name=twice",
-    ]
+    overrides = [*SMALL, "name=twice"]
     args = [sys.executable, "-m", "entrypoints.sweep", str(QUICKSTART), "--address", ray_cluster]
     args += ["--storage-path", str(tmp_path), *(x for o in overrides for x in ("--set", o))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    client = MlflowClient(uri)
     try:
-        client = MlflowClient(uri)
-        deadline = time.time() + 240
-        while time.time() < deadline and driver.poll() is None:
-            experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name(
-                "twice"
-            )
-            if experiment and client.search_runs(
-                [experiment.experiment_id], "tags.`ablate.role` = 'trial' and metrics.epoch >= 1"
-            ):
-                break
-            time.sleep(1.0)
-        assert driver.poll() is None, driver.communicate()
+        _wait_for_an_epoch(driver, tmp_path / "mlflow.db", "twice")
         driver.send_signal(signal.SIGINT)  # Tune's graceful stop ...
         time.sleep(0.5)
         driver.send_signal(signal.SIGINT)  # ... cut short
@@ -360,3 +373,31 @@ def test_a_second_ctrl_c_ends_the_sweep_quietly_with_130_and_its_runs_killed(ray
     assert "RUNNING" not in {r.info.status for r in runs}, statuses
     parent = next(r for r in runs if r.data.tags["ablate.role"] == "sweep")
     assert parent.info.status == "KILLED"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_entrypoint_ends_a_sweep_whose_store_fills_with_one_error_line_and_74(
+    ray_cluster, small_disk, tmp_path
+):
+    uri = f"sqlite:///{small_disk.root / 'mlflow.db'}"
+    overrides = [*SMALL, "name=filled", f"tracking.uri={uri}"]
+    args = [sys.executable, "-m", "entrypoints.sweep", str(QUICKSTART), "--address", ray_cluster]
+    args += ["--storage-path", str(tmp_path), *(x for o in overrides for x in ("--set", o))]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_an_epoch(driver, small_disk.root / "mlflow.db", "filled")
+        small_disk.fill()
+        stdout, stderr = driver.communicate(timeout=240)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 74, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    assert errors[0].startswith(f"error: MLflow store {small_disk.root / 'mlflow.db'}: "), errors
+    assert "--resume" in errors[0]
