@@ -476,6 +476,20 @@ class FaultConfig(StrictModel):
     nan_loss_at_epoch: int | None = Field(
         None, ge=1, le=MAX_EPOCHS, description="Make the loss NaN here."
     )
+    stop_at_epoch: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Rank 0's worker process SIGSTOPs itself after this epoch's report (a hung "
+        "worker: the stall watchdog, resources.stall_timeout_s, ends the trial).",
+    )
+    crash_at_epoch: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Rank 0's worker process SIGSEGVs itself after this epoch's report, in "
+        "every worker group (a native crash that repeats: not retried a second time).",
+    )
     raise_at_start: str | None = Field(
         None, description="Raise RuntimeError(text) before training (e.g. a simulated OOM)."
     )

@@ -59,6 +59,14 @@ from ablate.config import DataConfig
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
 from ablate.vocabulary import format_value
 
+# ----------------------------------------------------------------------------- errors
+
+
+class SweepStalledError(RuntimeError):
+    """No trial could start for ``resources.schedule_timeout_s``: the message says what the
+    waiting trial needs and who holds the cluster; the sweep's state is saved (``--resume``)."""
+
+
 # ----------------------------------------------------------------------------- the trial
 
 
@@ -96,8 +104,15 @@ def _trial_function(
             launched_at=launched_at,
             dataset_ref=ref,
             placement_janitor=placement_janitor,
+            heartbeat=(report_relay, channel),
         )
-        relay.fit_and_forward(trainer.fit, report_relay, channel, tune.report)
+        relay.fit_and_forward(
+            trainer.fit,
+            report_relay,
+            channel,
+            tune.report,
+            stall_timeout_s=float(param["config"]["resources"]["stall_timeout_s"]),
+        )
 
     return tune_trial
 
@@ -254,13 +269,16 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
+#: Ray's setting of the niceness of the worker processes it starts (``ray_constants``).
+WORKER_NICENESS_VAR = "RAY_worker_niceness"
+
+
 def start_local_ray(**kwargs: Any) -> Any:
     """``ray.init`` of a new single-node Ray bound to 127.0.0.1.
 
-    The dashboard runs (on a free loopback port) because the sweep's placement-group janitor
-    (``ablate.placement``), like Ray Train's own ``PlacementGroupCleaner`` for a trainer fitted
-    outside a sweep, asks the state API whether a Train controller is still alive: without a
-    dashboard it cannot tell, and a stopped trial's placement group would stay reserved.
+    The dashboard runs (on a free loopback port) because Ray Train's own
+    ``PlacementGroupCleaner`` (a trainer fitted outside a sweep) asks the state API whether a
+    Train controller is still alive, and ``ray job submit`` talks to it.
     """
     # Without this, Ray 2.60 on Linux binds to the outward address instead of loopback. The
     # variable covers the processes Ray starts; Ray read it into ENABLE_RAY_CLUSTER when this
@@ -279,6 +297,11 @@ def start_local_ray(**kwargs: Any) -> Any:
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
         "dashboard_port": port,
+        # Ray starts its workers at niceness 15, so on a machine busy with anything else the
+        # trials got a few percent of a core: worker groups took minutes to start and timed
+        # out (issue 22). At 0 they share the cores fairly, as the driver does; Ray's job
+        # manager sets the same for the drivers it starts.
+        "runtime_env": {"env_vars": {WORKER_NICENESS_VAR: "0"}},
     }
     return ray.init(**{**options, **kwargs})
 
@@ -884,11 +907,19 @@ def _run_tuner(
             verbose=verbose,
         )
         started_at = time.time()
+        watch = placement.ReservationWatch(
+            janitor,
+            max(float(c["resources"]["schedule_timeout_s"]) for c in plan.configs()),
+            say=lambda line: print(line, file=sys.stderr, flush=True),
+        ).start()
         try:
             results = tuner.fit()
         finally:
+            watch.stop()
             relay.stop_relay(report_relay)
             placement.stop_janitor(janitor)
+        if watch.error is not None:
+            raise SweepStalledError(watch.error)
         records = trial_records(plan, results)
         rows = summarize(plan, records)
         summary = {

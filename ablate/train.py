@@ -900,7 +900,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
 
     ``runtime`` holds what is not part of the experiment's definition: ``launched_at`` (the
     trial's start, to measure the fixed per-trial overhead), ``dataset_ref`` (a one-element list
-    with an object-store reference to the decoded dataset) or ``data_cache_dir``.
+    with an object-store reference to the decoded dataset) or ``data_cache_dir``, and
+    ``heartbeat`` (``[ReportRelay handle, channel]``: every worker beats there, for the sweep's
+    stall watchdog, ``ablate.relay``).
 
     Returns every epoch's report, the epochs before a restart included (they travel in the
     checkpoint), which ``TorchTrainer.fit().return_value`` hands to the caller.
@@ -931,6 +933,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         ray.train.report(failed)
         return [failed]
     startup.mark("data + model")
+    if runtime.get("heartbeat"):
+        from ablate.relay import Heartbeat
+
+        relay, channel = runtime["heartbeat"]
+        Heartbeat(relay, channel, worker.rank).start()  # a daemon: it ends with the worker
     resumed = resume(worker)
     state = resumed or TrialState()
     faults = FaultInjector(config.train.faults, worker.rank, resumed=resumed is not None)
@@ -976,6 +983,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- the trainer
 
 
+#: Ray Train's limit (s) on waiting for a worker group's placement group (``constants``).
+WORKER_GROUP_START_TIMEOUT_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
 def build_trainer(
     config: dict[str, Any],
     *,
@@ -987,6 +998,7 @@ def build_trainer(
     data_cache_dir: str | None = None,
     max_failures: int = 2,
     placement_janitor: str | None = None,
+    heartbeat: tuple[Any, str] | None = None,
 ) -> Any:
     """A ``TorchTrainer`` that runs one trial of ``config`` (a trial config dict).
 
@@ -999,6 +1011,11 @@ def build_trainer(
     (a ``DatasetManager``; the trials read no Ray Dataset) and, when ``placement_janitor``
     names a sweep's ``ablate.placement.PlacementGroupJanitor``, the per-run
     ``PlacementGroupCleaner``, whose work that janitor does for every trial of the sweep.
+
+    ``heartbeat``: ``(ReportRelay handle, channel)`` the workers beat to (``ablate.relay``).
+    The worker group waits up to ``resources.schedule_timeout_s`` for the cluster to hold it
+    (Train's own limit is 60 s, after which it retries with a new placement group: on a
+    busy cluster that churn never ends).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -1032,6 +1049,8 @@ def build_trainer(
 
     trial = TrialConfig.model_validate(config)
     resources = trial.resources
+    # Read by the controller that fit() starts (Train passes the variable on to it).
+    os.environ[WORKER_GROUP_START_TIMEOUT_VAR] = f"{resources.schedule_timeout_s:g}"
     use_gpu = resources.gpus_per_worker > 0
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
     if use_gpu:
@@ -1041,6 +1060,7 @@ def build_trainer(
         "fit_at": time.time(),  # the trainer is fitted as soon as it is built
         "dataset_ref": dataset_ref,
         "data_cache_dir": data_cache_dir,
+        "heartbeat": list(heartbeat) if heartbeat else None,
     }
     return TrialTrainer(
         train_loop_per_worker,
