@@ -35,7 +35,9 @@ EXIT_STATUSES = {
     1: "the sweep ran but a trial failed (raised); the summary names it",
     2: "the spec, an override or the cluster's resources cannot work, or the sweep's saved "
     "state is damaged or another driver runs it; nothing was started",
-    3: "the sweep ended with planned trials missing or interrupted; rerun with --resume",
+    3: "the sweep ended with planned trials missing or interrupted, or a trial could not be "
+    "placed for resources.schedule_timeout_s (the message names who holds the cluster); "
+    "rerun with --resume",
     74: "storage full or read-only (the MLflow store, results, checkpoints or the report): "
     "the message names the path; free space, then rerun with --resume",
     130: "interrupted by a second Ctrl+C while the sweep shut down; rerun with --resume",
@@ -157,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED
     except Exception as error:
+        stalled = sys.modules.get("ablate.sweep")  # only run_sweep raises it, once imported
+        if stalled is not None and isinstance(error, stalled.SweepStalledError):
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_UNFINISHED
         failure = _storage_failure(error, plan.experiment_dir if plan is not None else None)
         if failure is None:
             raise
