@@ -29,6 +29,7 @@ from ablate.tracking import (
     StorageError,
     SweepTracker,
     default_tracking_uri,
+    publish_report,
     storage_error,
 )
 
@@ -158,6 +159,34 @@ def test_a_full_store_names_its_database_and_resume_marks_the_runs_left_running(
         "FINISHED",
         "KILLED",
     }
+
+
+def test_a_report_on_a_full_disk_names_its_directory_and_the_command_that_writes_it_again(
+    small_disk, tmp_path
+):
+    from entrypoints.report import main as report_main
+
+    uri = default_tracking_uri(tmp_path)
+    tracker = SweepTracker(uri, "reported", execution="e1")
+    for replicate, head in enumerate(["linear", "nonlinear"]):
+        param = trial_param(**{"seed": replicate})
+        tracker.start_trial(f"t-{replicate}", param["config"], {"model.head": head}, replicate)
+        for epoch in range(1, EPOCHS + 1):
+            result = {"epoch": epoch, "val/knn_top1": 0.1 * epoch + 0.1 * replicate}
+            tracker.log_epoch(f"t-{replicate}", result)
+        tracker.finish_trial(f"t-{replicate}", "completed", last_result={**result})
+    tracker.close("FINISHED")
+    small_disk.fill()
+    out = small_disk.root / "report"
+    args = ["--experiment", "reported", "--tracking-uri", uri, "--out", str(out), "--no-log"]
+    assert report_main(args) == 74
+    with pytest.raises(StorageError) as caught:
+        publish_report(uri, "reported", out_dir=out, log_to_mlflow=False)
+    message = str(caught.value)
+    assert message.startswith(f"report directory {out}") and "no space left on device" in message
+    assert f"entrypoints.report --experiment reported --run {tracker.parent_run_id}" in message
+    small_disk.free()
+    assert report_main(args) == 0 and (out / "summary.md").is_file()  # the command it names
 
 
 # ----------------------------------------------------------------------------- with Ray Tune
