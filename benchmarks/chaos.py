@@ -33,12 +33,16 @@ A planned trial (its varying values and replicate) is *lost* when ``summary.json
 final record of it (completed, stopped, diverged or failed) or MLflow has no ended run of it
 with such a status; ``lost_summary`` / ``lost_mlflow`` say which. ``interrupted`` (it never
 reported an epoch) counts as lost. ``duplicates``: planned trials with more than one record
-(a trial counted twice). ``mlflow.missing_epochs``: epochs a trial's run says it ran
+(a trial counted twice) in ``summary.json``; ``mlflow.duplicates``: planned trials with more
+than one ended run in MLflow (the report, built from MLflow, would count them as replicates);
+``mlflow.disagree``: planned trials whose outcome in MLflow is not the one ``summary.json``
+gives. ``mlflow.missing_epochs``: epochs a trial's run says it ran
 (``ablate.epochs_run``) but has no ``epoch`` value logged for. Each run lists its exit code,
 wall time, the processes of its Ray still alive 10 s after the driver exited on its own
 (``leftover_processes``: a clean exit leaves none) and its console log. Target: lost = 0.
 
     python benchmarks/chaos.py --faults 3 --seed 0 [--hang] [--epochs 4] [--rev HEAD] [--keep]
+    python benchmarks/chaos.py --count /tmp/ablate_chaos_.../storage_copy   # count again
 
 ``--rev HEAD`` runs the committed tree (a ``git worktree``), leaving out uncommitted edits;
 the JSON names the commit it ran and whether the tree had uncommitted edits. The sweep's
@@ -490,16 +494,28 @@ def count(storage: Path) -> dict[str, Any]:
 
     outcome: dict[str, str] = {}
     lost_summary, lost_mlflow = [], []
+    mlflow_duplicates, disagree = [], []
     for key in planned:
         statuses = [r["status"] for r in records.get(key, [])]
         final = [s for s in statuses if s in FINAL]
         outcome[key] = final[-1] if final else (statuses[-1] if statuses else "missing")
         if not final:
             lost_summary.append(key)
-        if mlflow_runs is not None and not any(
-            r["status"] in FINAL and r["run_status"] != "RUNNING" for r in mlflow_runs.get(key, [])
-        ):
+        if mlflow_runs is None:
+            continue
+        ended = [
+            r
+            for r in mlflow_runs.get(key, [])
+            if r["status"] in FINAL and r["run_status"] != "RUNNING"
+        ]
+        if not ended:
             lost_mlflow.append(key)
+        if len(ended) > 1:  # the report, built from MLflow, counts them as replicates
+            mlflow_duplicates.append({**json.loads(key), "runs": ended})
+        if final and ended and {r["status"] for r in ended} != {outcome[key]}:
+            disagree.append({**json.loads(key), "summary": outcome[key], "mlflow": ended})
+    if mlflow_runs is not None:
+        mlflow_info = {**mlflow_info, "duplicates": mlflow_duplicates, "disagree": disagree}
     lost = sorted(set(lost_summary) | set(lost_mlflow))
     failed = {
         r["trial_id"]: r.get("error")
@@ -555,7 +571,13 @@ def mlflow_trials(storage: Path) -> tuple[dict[str, list[dict[str, Any]]] | None
             steps = {m.step for m in client.get_metric_history(run.info.run_id, "epoch")}
             missing_epochs += len(set(range(1, epochs_run + 1)) - steps)
         found.setdefault(trial_key(varying, tags.get("ablate.replicate", 0)), []).append(
-            {"status": status, "run_status": run.info.status}
+            {
+                "trial_id": tags.get("ablate.trial_id"),
+                "status": status,
+                "run_status": run.info.status,
+                "epochs_run": epochs_run,
+                "detail": tags.get("ablate.status_detail", "")[:120],
+            }
         )
     return found, {
         "trial_runs": len(runs),
@@ -614,7 +636,15 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work folder (logs, a copy of the storage)"
     )
+    parser.add_argument(
+        "--count",
+        metavar="STORAGE",
+        help="inject nothing: count the sweep kept under STORAGE (a --keep run's storage_copy)",
+    )
     args = parser.parse_args()
+    if args.count:
+        print(json.dumps({"benchmark": "chaos", "storage": args.count, **count(Path(args.count))}))
+        return
     if args.fill_disk and os.geteuid() != 0:
         log("not root: fill_disk is left out (the storage tmpfs needs mount)")
         args.fill_disk = False
