@@ -487,8 +487,8 @@ class FaultConfig(StrictModel):
         None,
         ge=1,
         le=MAX_EPOCHS,
-        description="Rank 0's worker process SIGSEGVs itself after this epoch's report, in "
-        "every worker group (a native crash that repeats: not retried a second time).",
+        description="Rank 0's worker process SIGSEGVs itself as this epoch starts, in every "
+        "worker group (a native crash that repeats: not retried a second time).",
     )
     raise_at_start: str | None = Field(
         None, description="Raise RuntimeError(text) before training (e.g. a simulated OOM)."

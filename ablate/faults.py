@@ -1,7 +1,7 @@
 """Fault injection (``train.faults.*``): the failures a trial's recovery paths are rehearsed on.
 
 Off by default. ``ablate.train`` builds one :class:`FaultInjector` per worker and calls it at
-three named points of the trial loop; nothing else in the loop knows about faults:
+four named points of the trial loop; nothing else in the loop knows about faults:
 
 * :meth:`FaultInjector.at_start`: ``raise_at_start`` raises ``RuntimeError(text)`` before the
   first epoch (e.g. a simulated CUDA out-of-memory error: the trial fails);
@@ -11,8 +11,8 @@ three named points of the trial loop; nothing else in the loop knows about fault
   ``raise_once_at_epoch`` raises on rank 0 and ``kill_once_at_epoch`` SIGKILLs rank 0's
   process, each only in a worker group that did not resume from a checkpoint, so Ray Train's
   restart from the checkpoint then runs to the end; ``stop_at_epoch`` SIGSTOPs rank 0 (a hung
-  worker) and ``crash_at_epoch`` SIGSEGVs it in every worker group (a native crash that
-  repeats).
+  worker); :meth:`FaultInjector.before_epoch`: ``crash_at_epoch`` SIGSEGVs rank 0 as that
+  epoch starts, in every worker group (a native crash that repeats).
 
 :class:`NaNLossFromCall` wraps a loss module so that it turns NaN in mid-epoch, for checks of
 a single step's divergence path (``tests/test_step.py``, ``benchmarks/step_check.py``).
@@ -46,6 +46,14 @@ class FaultInjector:
         if self.config.raise_at_start:
             raise RuntimeError(self.config.raise_at_start)
 
+    def before_epoch(self, epoch: int) -> None:
+        """``crash_at_epoch``: rank 0 dies of SIGSEGV as ``epoch`` starts, in every worker group
+        (a restart from the checkpoint before it meets the same crash)."""
+        if self.rank == 0 and self.config.crash_at_epoch == epoch:
+            # A native crash, as a segfault in a kernel: the fault handlers write the signal
+            # and the stack to the worker's log and the process dies of the signal.
+            os.kill(os.getpid(), signal.SIGSEGV)
+
     def poison_loss(self, epoch: int) -> bool:
         """Whether the losses of ``epoch`` are to be made NaN (``nan_loss_at_epoch``)."""
         return self.config.nan_loss_at_epoch == epoch
@@ -58,10 +66,6 @@ class FaultInjector:
         if self.config.stop_at_epoch == epoch:
             # A hung process: alive to the OS and to Ray, doing nothing, never reporting.
             os.kill(os.getpid(), signal.SIGSTOP)
-        if self.config.crash_at_epoch == epoch:
-            # A native crash, as a segfault in a kernel: Python's handler dumps the stack to
-            # the worker's log and the process dies of the signal.
-            os.kill(os.getpid(), signal.SIGSEGV)
         if self.resumed:
             return
         if self.config.raise_once_at_epoch == epoch:

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import socket
 import threading
 import time
 import uuid
@@ -56,6 +59,7 @@ class ReportRelay:
         self._closed: dict[str, asyncio.Event] = {}
         self._beats: dict[str, dict[int, float]] = {}  # channel -> rank -> last sign (monotonic)
         self._controllers: dict[str, Any] = {}  # channel -> its Train controller's handle
+        self._workers: dict[str, dict[int, dict[str, Any]]] = {}  # channel -> rank -> process
 
     def _channel(self, channel: str) -> tuple[asyncio.Queue[Any] | None, asyncio.Event]:
         """The channel's queue (None once closed) and its closed flag; opened at first use."""
@@ -97,11 +101,19 @@ class ReportRelay:
         self._open.pop(channel, None)  # the flag stays, so later puts return False too
         self._beats.pop(channel, None)
         self._controllers.pop(channel, None)
+        self._workers.pop(channel, None)
 
-    async def beat(self, channel: str, rank: int) -> None:
-        """Worker ``rank`` of the run on ``channel`` is alive (``Heartbeat``)."""
+    async def beat(self, channel: str, rank: int, process: dict[str, Any] | None = None) -> None:
+        """Worker ``rank`` of the run on ``channel`` is alive (``Heartbeat``); ``process``:
+        its ``{"pid", "host", "log"}`` (its stderr file, where a native crash is written)."""
         if channel in self._open or channel not in self._closed:
             self._beats.setdefault(channel, {})[rank] = time.monotonic()
+            if process:
+                self._workers.setdefault(channel, {})[rank] = process
+
+    async def workers(self, channel: str) -> dict[int, dict[str, Any]]:
+        """The newest process of each rank of ``channel``'s run, as its heartbeat gave it."""
+        return dict(self._workers.get(channel, {}))
 
     async def quiet(self, channel: str) -> tuple[float, int] | None:
         """(seconds since the quietest worker's last sign of life, its rank); None before
@@ -190,6 +202,39 @@ def new_channel(trial_id: str) -> str:
     return f"{trial_id}-{uuid.uuid4().hex[:8]}"
 
 
+class WorkerCrashedError(RuntimeError):
+    """A trial's worker process died of a signal (a native crash) in a way that repeated."""
+
+
+def process_died(failure: BaseException) -> bool:
+    """Whether a worker's failure (Train wraps it: ``WorkerHealthCheckFailedError``'s
+    ``health_check_failure``, causes) is its process dying, not a Python exception."""
+    seen: set[int] = set()
+    while failure is not None and id(failure) not in seen:
+        seen.add(id(failure))
+        if isinstance(failure, ray.exceptions.RayActorError):
+            return True
+        failure = getattr(failure, "health_check_failure", None) or failure.__cause__
+    return False
+
+
+def _named_crash(error: BaseException, workers: dict[int, dict[str, Any]]) -> str | None:
+    """The message of a Train run that failed because a worker process died of a signal
+    (``describe_crash`` of the dead ranks' logs), else None."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        if not process_died(failure) or rank not in workers:
+            continue
+        what = describe_crash(workers[rank])
+        if what is not None:
+            process = workers[rank]
+            return (
+                f"worker rank {rank} (pid {process['pid']}) crashed natively: {what}; a crash "
+                f"that repeats is not retried again. Its log: {process['log']}"
+            )
+    return None
+
+
 class TrialStalledError(RuntimeError):
     """A trial's workers gave no sign of life for longer than ``resources.stall_timeout_s``."""
 
@@ -235,6 +280,9 @@ def fit_and_forward(
             item = ray.get(relay.get.remote(channel, poll_s))
             if item == _FIT_ENDED:
                 if "error" in outcome:
+                    crash = _named_crash(outcome["error"], ray.get(relay.workers.remote(channel)))
+                    if crash is not None:
+                        raise WorkerCrashedError(crash) from outcome["error"]
                     raise outcome["error"]
                 return outcome.get("value")
             if item is not None:
@@ -273,8 +321,45 @@ class Heartbeat:
         self._stop.set()
 
     def _run(self) -> None:
+        process = worker_process()
         while True:
             with contextlib.suppress(Exception):  # a relay gone: nobody listens any more
-                self.relay.beat.remote(self.channel, self.rank)
+                self.relay.beat.remote(self.channel, self.rank, process)
             if self._stop.wait(self.every_s):
                 return
+
+
+def worker_process() -> dict[str, Any]:
+    """This Ray worker's ``{"pid", "host", "log"}``: ``log`` is the stderr file Ray gives it
+    (``<session>/logs/worker-<id>-<job>-<pid>.err``, where Python's fault handler writes a
+    native crash), None when not found."""
+    import glob
+
+    pid = os.getpid()
+    log = None
+    with contextlib.suppress(Exception):
+        logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+        log = next(iter(sorted(glob.glob(os.path.join(logs, f"worker-*-{pid}.err")))), None)
+    return {"pid": pid, "host": socket.gethostname(), "log": log}
+
+
+#: How a native crash shows in a worker's stderr file: Ray's and Python's fault handlers.
+_SIGNAL_LINE = re.compile(r"\*\*\* (SIG[A-Z]+) received|Fatal Python error: ([^\n]+)")
+
+
+def describe_crash(process: dict[str, Any]) -> str | None:
+    """What killed ``process`` (``worker_process()``'s dict), read from the end of its log:
+    ``"SIGSEGV (Fatal Python error: Segmentation fault)"``; None when the log names no signal
+    or is not on this machine."""
+    log = process.get("log")
+    if not log or process.get("host") != socket.gethostname() or not os.path.exists(log):
+        return None
+    with open(log, "rb") as file:
+        file.seek(max(0, os.path.getsize(log) - 65536))
+        tail = file.read().decode(errors="replace")
+    signals = [m.group(1) for m in _SIGNAL_LINE.finditer(tail) if m.group(1)]
+    fatal = [m.group(2).strip() for m in _SIGNAL_LINE.finditer(tail) if m.group(2)]
+    if not signals and not fatal:
+        return None
+    name = signals[-1] if signals else "a fatal signal"
+    return f"{name} ({fatal[-1]})" if fatal else name

@@ -948,8 +948,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     wall_start = time.time()
     overhead: float | None = None
     faults.at_start()
+    if resumed is not None and state.epoch >= config.train.epochs and state.history:
+        # Every epoch ran before the restart: report the last one again, or a trial Tune
+        # restored without a result would end with none (and Tune's metric check fails).
+        ray.train.report(state.history[-1])
 
     for epoch in range(state.epoch + 1, config.train.epochs + 1):
+        faults.before_epoch(epoch)
         result = run_epoch(worker, generator, epoch, poison=faults.poison_loss(epoch))
         if overhead is None:
             overhead = result.started_at - launched_at
@@ -981,6 +986,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- the trainer
+
+
+def repeated_crash_policy(failure_config: Any) -> Any:
+    """Ray Train's default failure policy (``FailureConfig``'s retries), except that a worker
+    group in which a worker process died (a native crash: a signal, no Python exception) for
+    the second time is not retried again: a segfault at a given width or kernel repeats, and
+    each retry costs a worker group's start-up for nothing."""
+    from ray.train.v2._internal.execution.failure_handling.default import DefaultFailurePolicy
+    from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+
+    from ablate.relay import process_died
+
+    class RepeatedCrashPolicy(DefaultFailurePolicy):
+        crashes = 0
+
+        def make_decision(self, training_failed_error: Any) -> Any:
+            failures = getattr(training_failed_error, "worker_failures", None) or {}
+            if any(process_died(f) for f in failures.values()):
+                self.crashes += 1
+                if self.crashes >= 2:
+                    return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    return RepeatedCrashPolicy(failure_config)
 
 
 #: Ray Train's limit (s) on waiting for a worker group's placement group (``constants``).
@@ -1028,6 +1057,14 @@ def build_trainer(
     from ablate.rendezvous import LocalRendezvousTorchConfig
 
     class TrialTrainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
+            # Ray Train 2.60 builds the controller's failure policy in fit(); ours only adds
+            # the rule for a worker process that dies twice.
+            policy = repeated_crash_policy(self.run_config.failure_config)
+            return super()._initialize_and_run_controller(
+                **{**controller_init_kwargs, "failure_policy": policy}
+            )
+
         def _create_default_callbacks(self) -> list[Any]:
             # Ray Train 2.60 builds its default callbacks in this private method; the others
             # are kept as they are.

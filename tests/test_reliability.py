@@ -178,3 +178,36 @@ def test_a_trial_the_cluster_cannot_place_ends_the_sweep_naming_who_holds_it(
         assert _wait(lambda: placement_groups_left() == [foreign.id.hex()], 30)
     finally:
         remove_placement_group(foreign)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_native_crash_that_repeats_is_named_and_not_retried_again(ray_cluster, tmp_path):
+    """Rank 0 dies of SIGSEGV as epoch 2 starts, in every worker group: Train restarts the
+    group once from the epoch-1 checkpoint, the crash repeats, and the trial fails naming the
+    signal and the worker's log file instead of a generic 'actor died' after 3 attempts."""
+    import ray
+
+    from ablate.sweep import run_sweep
+
+    def workers_created() -> int:
+        from ray._private import state
+
+        job = ray.get_runtime_context().get_job_id()
+        return sum(
+            a["ActorClassName"] == "RayTrainWorker" and a["JobID"] == job
+            for a in state.actors().values()
+        )
+
+    before = workers_created()
+    done = run_sweep(
+        QUICKSTART,
+        overrides=[*TINY, f"storage.path={tmp_path}", "train.faults.crash_at_epoch=2"],
+    )
+    (trial,) = done.trials
+    assert trial["status"] == "failed"
+    assert "worker rank 0" in trial["error"] and "crashed natively: SIGSEGV" in trial["error"]
+    log = trial["error"].split("Its log: ")[1].split()[0]
+    assert Path(log).is_file() and "SIGSEGV" in Path(log).read_text(errors="replace")
+    assert workers_created() - before == 2  # the first group and one retry, not three
+    assert _wait(lambda: placement_groups_left() == [], 30)
