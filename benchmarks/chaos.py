@@ -135,7 +135,7 @@ class Run:
     def record(self) -> dict[str, Any]:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         errors = [
-            line.strip()
+            line.strip()[:300]
             for line in text.splitlines()
             if line.startswith(("error", "Error", "warning")) or "Error:" in line
         ]
