@@ -322,11 +322,13 @@ class Chaos:
         return record
 
     def fault_kill_worker(self, run: Run) -> dict[str, Any] | None:
-        if not self.wait_for(lambda: ray_train_workers(run.pid), run, 600):
+        def running() -> list[int]:
+            return [p for p in ray_train_workers(run.pid) if p not in self.stopped_pids]
+
+        if not self.wait_for(running, run, 600) or not self.pause(run, 2, 8):
             return None
-        if not self.pause(run, 2, 8):
-            return None
-        workers = ray_train_workers(run.pid)
+        # Not one that stop_worker stopped: the stall watchdog is to find that one.
+        workers = [p for p in ray_train_workers(run.pid) if p not in self.stopped_pids]
         if not workers:
             return None
         pid = self.rng.choice(workers)
