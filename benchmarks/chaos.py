@@ -17,7 +17,9 @@ after another, each a few seconds after its precondition holds:
   filler file takes all its free space for 20-40 s (or until the driver exits), then is
   removed; a driver that exited is rerun with ``--resume``.
 * ``stop_worker`` (only with ``--hang``): SIGSTOP a Ray Train worker; the sweep's stall
-  watchdog (``resources.stall_timeout_s``) should end that trial failed ("stalled").
+  watchdog (``resources.stall_timeout_s``) should end that trial failed ("stalled"). The
+  next fault waits until the stopped worker is gone (``torn_down_after_s``; None: it was not
+  within twice the stall timeout and a minute).
 
 After the faults the sweep is resumed (``--resume``) until a driver exits 0 or 1 (the sweep
 ran to its end) or 2 (it refused to start: a person must act), at most ``--max-resumes``
@@ -350,7 +352,15 @@ class Chaos:
         self.stopped_pids.update(identities([pid]))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
-        return {"pid": pid, "title": title}
+        # The next fault waits for the stall watchdog to tear the stopped worker down (or for
+        # twice the stall timeout and a minute more): how long that took is measured.
+        stopped_at = time.time()
+        gone = self.wait_for(lambda: not alive(pid), run, 2 * self.args.stall_s + 60)
+        return {
+            "pid": pid,
+            "title": title,
+            "torn_down_after_s": round(time.time() - stopped_at, 1) if gone else None,
+        }
 
     def fault_kill_driver(self, run: Run) -> dict[str, Any] | None:
         if not self.progress(run) or not self.pause(run, 0, 10):
