@@ -573,6 +573,7 @@ def mlflow_trials(storage: Path) -> tuple[dict[str, list[dict[str, Any]]] | None
     )
     found: dict[str, list[dict[str, Any]]] = {}
     missing_epochs, running = 0, 0
+    missing_where: list[dict[str, Any]] = []
     for run in runs:
         tags = run.data.tags
         varying = json.loads(tags.get("ablate.varying", "{}"))
@@ -581,7 +582,10 @@ def mlflow_trials(storage: Path) -> tuple[dict[str, list[dict[str, Any]]] | None
         epochs_run = int(tags.get("ablate.epochs_run", "0") or 0)
         if epochs_run:
             steps = {m.step for m in client.get_metric_history(run.info.run_id, "epoch")}
-            missing_epochs += len(set(range(1, epochs_run + 1)) - steps)
+            missing = sorted(set(range(1, epochs_run + 1)) - steps)
+            missing_epochs += len(missing)
+            if missing:
+                missing_where.append({"trial_id": tags.get("ablate.trial_id"), "epochs": missing})
         found.setdefault(trial_key(varying, tags.get("ablate.replicate", 0)), []).append(
             {
                 "trial_id": tags.get("ablate.trial_id"),
@@ -596,6 +600,7 @@ def mlflow_trials(storage: Path) -> tuple[dict[str, list[dict[str, Any]]] | None
         "running": running,
         "sweep_runs": [p.info.status for p in parents],
         "missing_epochs": missing_epochs,
+        "missing_epochs_of": missing_where,
     }
 
 
