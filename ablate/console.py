@@ -77,7 +77,8 @@ class SweepConsole(Callback):
     ``metric``: the ranking metric shown per trial; ``num_trials``: the planned trials (for the
     header and ETA); ``epochs``: the planned epochs of a trial (each trial's own config wins);
     ``live``: redraw in place (default: ``is_live(stream)``); ``refresh``: seconds between
-    redraws of the clock on a terminal.
+    redraws of the clock on a terminal; ``early_stopping``: whether the scheduler stops trials
+    early (else a trial that ends short was interrupted, ``vocabulary.trial_outcome``).
     """
 
     def __init__(
@@ -89,8 +90,10 @@ class SweepConsole(Callback):
         stream: TextIO | None = None,
         live: bool | None = None,
         refresh: float = 1.0,
+        early_stopping: bool = True,
     ) -> None:
         self.metric = metric
+        self.early_stopping = early_stopping
         self.num_trials = num_trials
         self.epochs = epochs
         self.stream = stream or sys.stdout
@@ -129,7 +132,11 @@ class SweepConsole(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        outcome = vocabulary.trial_outcome(trial.last_result or {}, row.epochs)
+        outcome = vocabulary.trial_outcome(
+            trial.last_result or {},
+            row.epochs,
+            early_stopping=getattr(self, "early_stopping", True),
+        )
         row.state = outcome.status
         detail = "" if outcome.status == "completed" else f" ({outcome.detail})"
         self._event(trial, outcome.status + detail)

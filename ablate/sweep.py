@@ -797,7 +797,14 @@ def _run_checked(
             metric=plan.metric,
             results_dir=plan.experiment_dir,
         )
-        callbacks = [tracking.MlflowCallback(tracker), *callbacks]
+        callbacks = [
+            tracking.MlflowCallback(
+                tracker,
+                early_stopping=plan.spec.scheduler.name != "fifo",
+                train_storage_path=plan.train_storage_path,
+            ),
+            *callbacks,
+        ]
     with tracker if tracker is not None else contextlib.nullcontext():
         rows, records, summary_path = _run_trials(
             plan, checked.restore, address, callbacks, share_data, verbose
@@ -852,7 +859,12 @@ def _run_trials(
     log_dir = os.path.dirname(log_path)
     try:
         with console.route_logs(log_path) as route:
-            view = console.SweepConsole(plan.metric, plan.num_trials, plan.max_epochs())
+            view = console.SweepConsole(
+                plan.metric,
+                plan.num_trials,
+                plan.max_epochs(),
+                early_stopping=plan.spec.scheduler.name != "fifo",
+            )
             return _run_tuner(plan, restore, address, [*callbacks, view], share_data, route=route)
     except SpecError:
         # Nothing ran (a check after Ray started failed): leave no sweep directory behind

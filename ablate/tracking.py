@@ -56,7 +56,7 @@ from ray.tune.result import (
     TRIAL_ID,
 )
 
-from ablate import report, vocabulary
+from ablate import report, trialrecord, vocabulary
 from ablate.config import flatten
 from ablate.report import Report, Row, SweepResults
 
@@ -1085,9 +1085,20 @@ class MlflowCallback(Callback):
     results (``SweepTracker.backfill``).
     """
 
-    def __init__(self, tracker: SweepTracker, *, strict: bool = False) -> None:
+    def __init__(
+        self,
+        tracker: SweepTracker,
+        *,
+        strict: bool = False,
+        early_stopping: bool = True,
+        train_storage_path: str | None = None,
+    ) -> None:
         self.tracker = tracker
         self.strict = strict
+        # As ``sweep.trial_records`` decides: the trial's own records beat a last result a
+        # resumed Tune restored short, and without early stopping nothing was "stopped".
+        self.early_stopping = early_stopping
+        self.train_storage_path = train_storage_path
         self.failure: StorageError | None = None
         self._interrupting = False
 
@@ -1157,7 +1168,17 @@ class MlflowCallback(Callback):
         if self.tracker.run_id(trial.trial_id) is None:
             self._start(trial)
         config, _, _ = _trial_param(trial)
-        outcome = vocabulary.trial_outcome(trial.last_result, config["train"]["epochs"], errored)
+        last = dict(trial.last_result or {})
+        if getattr(self, "train_storage_path", None):
+            recorded = trialrecord.newest_recorded_result(
+                getattr(trial, "local_path", None), f"{self.train_storage_path}/{trial.trial_id}"
+            )
+            if recorded and recorded["epoch"] > (last.get("epoch") or 0):
+                last.update(recorded)
+                errored = errored and recorded.get("status") != "completed"
+        outcome = vocabulary.trial_outcome(
+            last, config["train"]["epochs"], errored, getattr(self, "early_stopping", True)
+        )
         if failure is not None:  # not the trial's fault: --resume continues it
             outcome = vocabulary.Outcome(
                 "interrupted", f"stopped: {failure.reason} ({failure.path})"

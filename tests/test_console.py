@@ -34,3 +34,28 @@ def test_durations_read_as_a_clock():
         "4m05s",
         "1h02m",
     ]
+
+
+def test_a_trial_that_ended_short_is_stopped_only_under_early_stopping():
+    """Under FIFO nothing stops a trial early: one that ended short (the driver was killed, a
+    resumed Tune restored its last result short) is 'interrupted', never 'stopped' by ASHA."""
+    from ray.tune.experiment import Trial
+
+    def ended(early_stopping: bool) -> str:
+        stream = io.StringIO()
+        view = SweepConsole(
+            "val/knn_top1", 1, 4, stream=stream, live=False, early_stopping=early_stopping
+        )
+        trial = Trial(
+            "tune_trial",
+            config={"config": {"train": {"epochs": 4}}, "varying": {}},
+            trial_id="abc",
+            stub=True,
+        )
+        trial.update_last_result({"epoch": 1, "training_iteration": 1})
+        view.on_trial_start(0, [trial], trial)
+        view.on_trial_complete(0, [trial], trial)
+        return view.rows["abc"].state
+
+    assert ended(early_stopping=True) == "stopped"
+    assert ended(early_stopping=False) == "interrupted"
