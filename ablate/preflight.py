@@ -50,10 +50,11 @@ def check(plan: SweepPlan, resume: bool = False) -> Preflight:
     """Run every pre-Ray check of ``plan`` once (see the module docstring); raises ``SpecError``
     (the driver lock released)."""
     check_storage_path(plan)
+    # The input's own checks first: bad input exits 2 with nothing written, not even a lock.
+    check_data_sources(plan)
+    check_batch_sizes(plan)
     lock = take_driver_lock(plan)
     try:
-        check_data_sources(plan)
-        check_batch_sizes(plan)
         restore = check_experiment_dir(plan, resume, lock)
         return Preflight(restore=restore, tracking_uri=check_tracking(plan), lock=lock)
     except BaseException:
