@@ -168,7 +168,8 @@ class PlacementGroupJanitor:
                     self._removed.append(group.id.hex())
         try:
             groups = actor_groups(self._job_id)
-        except Exception:
+        except Exception:  # a slow or restarting GCS: the next check retries
+            logger.warning("placement-group janitor: reading the group table failed", exc_info=True)
             return False
         alive = 0
         for group, orphaned in groups:
@@ -219,12 +220,16 @@ def actor_groups(job_id: str) -> list[tuple[Any, bool]]:
             data.state == table.REMOVED
             or data.is_detached
             # A driver's groups (Tune's own) name the nil actor, which the GCS calls dead.
+            or not data.creator_actor_id
             or ray.ActorID(data.creator_actor_id).is_nil()
             or data.creator_job_id.hex() != job_id
         ):
             continue
         group = PlacementGroup(PlacementGroupID(data.placement_group_id))
-        found.append((group, bool(data.creator_actor_dead)))
+        # The table's own flag can stay False for a controller that ray.kill ended (seen with
+        # the stall watchdog's kill): the actor table is asked too.
+        dead = data.creator_actor_dead or _actor_alive(data.creator_actor_id.hex()) is False
+        found.append((group, bool(dead)))
     return found
 
 

@@ -128,6 +128,15 @@ class ReportRelay:
         """The Train controller running ``channel``'s run (``RelayReportCallback``)."""
         self._controllers[channel] = controller
 
+    async def kill_all(self) -> int:
+        """Kill the controller of every run still attached (its trial no longer reads it:
+        Tune returned, e.g. interrupted); returns how many."""
+        controllers = list(self._controllers.values())
+        self._controllers.clear()
+        for controller in controllers:
+            ray.kill(controller, no_restart=True)
+        return len(controllers)
+
     async def kill_run(self, channel: str) -> bool:
         """Kill the Train controller of ``channel``'s run: its workers die with it (they are
         its actors) and the sweep's ``ablate.placement`` janitor removes its placement group.
@@ -299,6 +308,10 @@ def fit_and_forward(
                     "torn down"
                 )
     finally:
+        if thread.is_alive() and ray.get(relay.quiet.remote(channel)) is None:
+            # A run still waiting for its worker group makes no report to abort at: end its
+            # controller now, and the janitor removes its pending group.
+            ray.get(relay.kill_run.remote(channel))
         relay.close.remote(channel)
 
 

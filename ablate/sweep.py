@@ -928,6 +928,10 @@ def _run_tuner(
             results = tuner.fit()
         finally:
             watch.stop()
+            # Runs Tune left going (an interrupted sweep): their controllers end here, so the
+            # janitor removes their groups, placed or still pending, before it stops.
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(report_relay.kill_all.remote(), timeout=30)
             relay.stop_relay(report_relay)
             placement.stop_janitor(janitor)
         if watch.error is not None:
