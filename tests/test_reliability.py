@@ -30,19 +30,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from ablate.sweep import start_local_ray
-
-    start_local_ray(num_cpus=2)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _wait(condition, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -249,20 +249,6 @@ def test_a_check_that_fails_after_the_lock_leaves_no_sweep_directory(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for the module; the drivers under test join it."""
-    import ray
-
-    from ablate.sweep import start_local_ray
-
-    start_local_ray(num_cpus=2)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
 def _lines(path: Path) -> list[dict]:
     try:
         text = path.read_text()

@@ -298,22 +298,6 @@ def test_entrypoint_refuses_an_existing_sweep_before_starting_ray(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for the module: in-process sweeps use it, subprocess drivers join it."""
-    import ray
-
-    from ablate.sweep import start_local_ray
-
-    # Worker output streams to this driver, as in a real sweep: run_sweep routes it to the
-    # sweep's log file (ablate.console).
-    start_local_ray(num_cpus=2)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
 #: Actors a sweep creates: per trial Tune's trial actor, the Train controller, its
 #: synchronization actor and the workers; per sweep the placement-group janitor and the report
 #: relay.
