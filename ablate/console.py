@@ -282,6 +282,15 @@ class LogRoute:
         self._writer = _WorkerLogWriter(file)
         self._saved: list[tuple[str, Any]] | None = None
 
+    def say(self, line: str) -> None:
+        """Print ``line`` on the console (stderr) and keep it, timestamped, in the log file: a
+        warning read later in the log says when it was given, among Ray's own lines."""
+        print(line, file=sys.stderr, flush=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with self._writer.lock:
+            self._writer.file.write(f"{stamp} ablate: {line}\n")
+            self._writer.file.flush()
+
     def capture_worker_output(self) -> None:
         """Swap Ray's ``ray_print_logs`` handler (added by ``ray.init(log_to_driver=True)``)
         for one that writes to the log file; without it (``log_to_driver=False``) worker

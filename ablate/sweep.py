@@ -922,7 +922,7 @@ def _run_tuner(
         watch = placement.ReservationWatch(
             janitor,
             max(float(c["resources"]["schedule_timeout_s"]) for c in plan.configs()),
-            say=lambda line: print(line, file=sys.stderr, flush=True),
+            say=route.say if route is not None else lambda line: print(line, file=sys.stderr),
         ).start()
         try:
             results = tuner.fit()
