@@ -50,7 +50,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS: momentum SGD with a layer-wise trust ratio (You et al., 2017), as SimCLR uses it.
+    """LARS: momentum SGD with a layer-wise trust ratio, as You et al. (2017, Algorithm 1) and
+    solo-learn (``solo/utils/lars.py``) define it.
 
     For every parameter w with gradient g in a group whose ``lars_exclude`` is False::
 
@@ -62,6 +63,11 @@ class LARS(torch.optim.Optimizer):
     which is plain momentum SGD. The learning rate sits inside the velocity as in SimCLR's
     reference ``lars_optimizer.py``; with a constant lr this equals ``torch.optim.SGD``.
     No trust-ratio clipping.
+
+    SimCLR's reference (google-research/simclr ``lars_optimizer.py``) differs in one place: it
+    adds ``wd * w`` to g first and takes ``trust = eta * ||w|| / ||g + wd * w||``, which is
+    never smaller than the ratio above (triangle inequality); the recipe
+    ``simclr_google_cifar`` lists this among its deviations.
     """
 
     def __init__(
