@@ -28,8 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ablate.config import TrialConfig, resolve
-from ablate.faults import NaNLossFromCall
-from ablate.train import build_worker, resident_data, run_epoch
+from ablate.train import NaNLossFromCall, build_worker, resident_data, run_epoch
 
 
 def trial(args: argparse.Namespace, steps: int) -> TrialConfig:

@@ -25,11 +25,11 @@ from torch import nn
 
 from ablate.config import TrialConfig, resolve
 from ablate.data import shard_indices
-from ablate.faults import NaNLossFromCall
 from ablate.loss import contrastive_top1
 from ablate.probe import OnlineProbe
 from ablate.train import (
     DIVERGENCE_CHECK_EVERY,
+    NaNLossFromCall,
     agreed_finite,
     autocast_dtype,
     build_worker,

@@ -13,10 +13,10 @@ from local_servers import placement_groups_left
 
 from ablate import vocabulary
 from ablate.config import TrialConfig, resolve
-from ablate.faults import FaultInjector
 from ablate.models import build_encoder
 from ablate.probe import extract_features, knn_top1
 from ablate.train import (
+    FaultInjector,
     TrialState,
     build_trainer,
     build_worker,

@@ -1,7 +1,7 @@
 """Fault injection (``train.faults.*``): the failures a trial's recovery paths are rehearsed on.
 
-Off by default. ``ablate.train`` builds one :class:`FaultInjector` per worker and calls it at
-four named points of the trial loop; nothing else in the loop knows about faults:
+Off by default. ``ablate.train.loop`` builds one :class:`FaultInjector` per worker and calls it
+at four named points of the trial loop; nothing else in the loop knows about faults:
 
 * :meth:`FaultInjector.at_start`: ``raise_at_start`` raises ``RuntimeError(text)`` before the
   first epoch (e.g. a simulated CUDA out-of-memory error: the trial fails);

@@ -1,4 +1,7 @@
-"""Resume a trial from its newest checkpoint that loads, not only from the newest one.
+"""A trial's checkpoint: what it holds (``TrialState`` and the worker's model, optimiser,
+schedule, online probe and torch RNG in one file, ``CHECKPOINT_FILE``), its one writer
+(``write_checkpoint``) and one reader (``read_checkpoint``), and the resume from the newest
+checkpoint that loads, not only from the newest one (``resume``).
 
 Ray Train hands a restarted worker group the run's latest registered checkpoint
 (``ray.train.get_checkpoint()``). If that one is damaged (cut short by a full disk or a kill
@@ -18,12 +21,91 @@ it deletes the other. So the checkpoints of a group that fell back carry a retry
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import torch
+
+from ablate import vocabulary
+from ablate.train.step import bare_model
+
+if TYPE_CHECKING:
+    from ablate.train.worker import Worker
 
 logger = logging.getLogger(__name__)
+
+#: The one file of a checkpoint directory: see ``write_checkpoint`` for its keys.
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TrialState:
+    """What a trial carries from epoch to epoch and across a restart, in its checkpoint."""
+
+    epoch: int = 0  # the last epoch completed
+    #: The latest value of each monitor, reported at every epoch until it is evaluated again
+    #: (the ranking metric is always present, NaN before its first evaluation, for ASHA).
+    monitors: dict[str, float] = field(
+        default_factory=lambda: {vocabulary.DEFAULT_RANKING_METRIC: float("nan")}
+    )
+    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report
+    #: Not saved: what this worker group's checkpoint names end with ("" unless it resumed
+    #: from an older checkpoint than Train's latest, which was damaged: ``load_newest_intact``).
+    checkpoint_suffix: str = ""
+
+
+def write_checkpoint(directory: str, worker: Worker, state: TrialState) -> None:
+    """Save the worker's model, optimiser, schedule, online probe and torch RNG with ``state``
+    to ``directory/CHECKPOINT_FILE`` (the layout ``read_checkpoint`` reads)."""
+    parts = worker.parts
+    torch.save(
+        {
+            "model": bare_model(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "online_probe": worker.online.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": state.epoch,
+            "carried_metrics": dict(state.monitors),
+            "history": state.history,
+        },
+        os.path.join(directory, CHECKPOINT_FILE),
+    )
+
+
+def read_checkpoint(directory: str, worker: Worker) -> TrialState:
+    """Load what ``write_checkpoint`` saved in ``directory`` into ``worker``; its state."""
+    parts = worker.parts
+    saved = torch.load(
+        os.path.join(directory, CHECKPOINT_FILE), map_location=worker.device, weights_only=True
+    )
+    bare_model(parts.model).load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    worker.online.load_state_dict(saved["online_probe"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = TrialState(epoch=int(saved["epoch"]), history=list(saved["history"]))
+    state.monitors.update({k: float(v) for k, v in saved["carried_metrics"].items()})
+    return state
+
+
+def resume(worker: Worker) -> TrialState | None:
+    """The state of Ray Train's latest checkpoint of this run, loaded into ``worker``; None
+    when the run starts fresh. A latest checkpoint that does not load (cut short) is skipped
+    for the newest older one that does, with a warning in the trial's log
+    (``load_newest_intact``); raises ``CheckpointDamaged`` when none does."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    resumed = load_newest_intact(checkpoint, lambda directory: read_checkpoint(directory, worker))
+    resumed.value.checkpoint_suffix = resumed.suffix
+    return resumed.value
+
 
 T = TypeVar("T")
 
