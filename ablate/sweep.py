@@ -477,36 +477,41 @@ def summarize(plan: SweepPlan, records: list[dict[str, Any]]) -> list[dict[str, 
     """Group trials by varying values (the seed excluded) and rank the groups.
 
     Each metric's statistics use the group's comparable (completed) replicates only
-    (``stats.describe``); groups are ranked by the mean of the ranking metric in the direction
-    of ``scheduler.mode``, groups without a completed replicate last (``stats.rank``).
+    (``stats.describe``); groups are ranked by ``report.rank_configurations``, the ranking of
+    ``summary.md`` too: by the mean of the ranking metric in the direction of
+    ``scheduler.mode``, ties by their values, groups without a completed replicate last.
     """
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        varying = {k: v for k, v in record["varying"].items() if k != "train.seed"}
-        groups.setdefault(json.dumps(varying, sort_keys=True), []).append(record)
+    # Imported here: the report package is pure (no Ray, no MLflow) but loads matplotlib.
+    from ablate.report.table import rank_configurations
+
+    keys = list(dict.fromkeys(k for r in records for k in r["varying"] if k != "train.seed"))
+    flat = [
+        {**r["varying"], "status": r["status"], plan.metric: r["metrics"].get(plan.metric)}
+        for r in records
+    ]
     names = summary_metrics(plan, records)
-    rows, ranking = [], {}
-    for index, (key, members) in enumerate(groups.items()):
+    rows = []
+    ranking = rank_configurations(flat, keys, plan.metric, plan.mode)
+    for rank, configuration in enumerate(ranking, start=1):
+        members = [records[i] for i in configuration.members]
+        varying = {k: v for k, v in members[0]["varying"].items() if k != "train.seed"}
         statuses = [m["status"] for m in members]
         comparable = [m for m in members if m["status"] in vocabulary.COMPARABLE_STATUSES]
         described = {
             name: stats.describe(m["metrics"].get(name) for m in comparable) for name in names
         }
-        ranking[index] = described[plan.metric]
         rows.append(
             {
-                "varying": json.loads(key),
+                "varying": json.loads(json.dumps(varying, sort_keys=True)),
                 "trials": len(members),
                 **{s: statuses.count(s) for s in vocabulary.TRIAL_STATUSES},
                 "epochs": max((m["epoch"] or 0) for m in members),
                 "metrics": {name: _stats_record(g) for name, g in described.items()},
                 "trial_ids": [m["trial_id"] for m in members],
+                "rank": rank,
             }
         )
-    ranked = [rows[i] for i in stats.rank(ranking, plan.mode)]
-    for rank, row in enumerate(ranked, start=1):
-        row["rank"] = rank
-    return ranked
+    return rows
 
 
 def _mean_std(record: dict[str, Any]) -> str:
