@@ -13,13 +13,20 @@ and any other varying key, and configurations rank by ``table.rank_configuration
 ``summary.json`` uses too.
 
 One module per concept: ``table`` (results rows, the Parquet table, grouping, the ranking),
-``ops`` (op lists and the Figure 5 matrix), ``findings`` (the ``FINDINGS`` registry of the
-paper's claims), ``confidence`` (every configuration against the best, key importance,
+``augmentation`` (op lists and the Figure 5 matrix), ``findings`` (the ``FINDINGS`` registry of
+the paper's claims), ``confidence`` (every configuration against the best, key importance,
 synergy), ``figures`` (the ``FIGURES`` registry), ``markdown`` (``summary.md``) and ``build``
 (``build_report``). A sweep's own figures and findings are named ``module.path:factory``
 (``build_report(figures=..., findings=...)``, checked early by ``validate_plugins``).
 """
 
+from ablate.report.augmentation import (
+    RIDES_WITH,
+    AugmentationMatrix,
+    augmentation_matrix,
+    paper_ops,
+    parse_ops,
+)
 from ablate.report.build import Report, build_report, validate_plugins
 from ablate.report.confidence import CONFIGURATION, Confidence, assess, importance_terms
 from ablate.report.figures import (
@@ -61,13 +68,6 @@ from ablate.report.markdown import (
     summary_markdown,
     tied_lines,
     untestable_note,
-)
-from ablate.report.ops import (
-    RIDES_WITH,
-    AugmentationMatrix,
-    augmentation_matrix,
-    paper_ops,
-    parse_ops,
 )
 from ablate.report.table import (
     RankedConfiguration,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ablate.report.ops import paper_ops
+from ablate.report.augmentation import paper_ops
 from ablate.report.table import (
     Row,
     comparable,

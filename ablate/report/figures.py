@@ -27,8 +27,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ablate.registry import Entry, Registry
+from ablate.report.augmentation import AugmentationMatrix, augmentation_matrix
 from ablate.report.confidence import CONFIGURATION, Confidence, importance_terms
-from ablate.report.ops import AugmentationMatrix, augmentation_matrix
 from ablate.report.table import (
     Row,
     SweepResults,

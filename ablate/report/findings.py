@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ablate.registry import Entry, Registry
+from ablate.report.augmentation import RIDES_WITH, op_meanings, paper_ops
 from ablate.report.confidence import better
-from ablate.report.ops import RIDES_WITH, op_meanings, paper_ops
 from ablate.report.table import (
     Row,
     comparable,
