@@ -176,9 +176,9 @@ def value_order(value: Any) -> tuple[int, float, str]:
 class RankedConfiguration:
     """One configuration in the ranking (``rank_configurations``).
 
-    ``values``: its value of each key, as its first row holds them; ``members``: the indices of
-    its rows in the ranked sequence, in their order there; ``stats``: ``stats.describe`` of the
-    metric over its comparable members (None when none has a finite value).
+    ``values``: its value of each key, as its first row holds them; ``members``: the indices
+    of its rows in the ``rows`` ranked, ascending; ``stats``: ``stats.describe`` of the metric
+    over its comparable members (None when none has a finite value).
     """
 
     values: tuple[Any, ...]
