@@ -9,7 +9,9 @@ where ``params`` is the op's section of :class:`ablate.config.AugmentConfig` (th
 of defaults); each op applies to each sample independently with probability ``params.p``.
 
 The ops are the seven of the paper's Figure 5 (crop, cutout, color, sobel, noise, blur, rotate)
-plus horizontal flip and a standalone grayscale. :func:`build_pipeline` turns an
+plus horizontal flip and a standalone grayscale, registered by name in :data:`ablate.ops.OPS`,
+which also opens the door to a user's op (``module.path:attr``, adapted by
+:func:`as_augment_op`). :func:`build_pipeline` turns an
 ``AugmentConfig`` into a :class:`TwoViewAugment` that produces the two views of a batch, either
 ``symmetric`` (both views get ``base + ops``) or ``asymmetric`` (the Figure 5 protocol: only the
 first view gets ``ops``; both get ``base``).
@@ -31,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ablate import ops as op_registry
 from ablate.config import (
-    AUGMENTATION_OPS,
     AUGMENTATION_PRESETS,
     AugmentConfig,
     BlurParams,
@@ -45,6 +47,7 @@ from ablate.config import (
     RotateParams,
     SobelParams,
 )
+from ablate.registry import UnknownComponentError
 
 #: ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``.
 LUMA: tuple[float, float, float] = (0.2989, 0.587, 0.114)
@@ -644,12 +647,37 @@ noise = AugmentOp("noise", _sample_noise, _apply_noise, NoiseParams)
 blur = AugmentOp("blur", _sample_blur, _apply_blur, BlurParams)
 rotate = AugmentOp("rotate", _sample_rotate, _apply_rotate, RotateParams)
 
-#: Op name -> batched op ``op(x, generator, params)``; keys are ``config.AUGMENTATION_OPS``.
-OPS: dict[str, AugmentOp] = {
-    op.name: op for op in (crop, flip, color, grayscale, cutout, sobel, noise, blur, rotate)
-}
-if tuple(OPS) != AUGMENTATION_OPS:
-    raise ImportError(f"augment.OPS {tuple(OPS)} must mirror config.AUGMENTATION_OPS")
+
+def as_augment_op(name: str, op: Any, params_type: type | None) -> AugmentOp:
+    """``op`` as an :class:`AugmentOp`: itself if it is one, else a plain batched op
+    ``op(x, generator, params) -> y`` (the plugin form of :mod:`ablate.ops`) in two halves.
+
+    ``sample`` draws one 62-bit seed per row from the pipeline's generator (on the CPU, where
+    ``apply`` reads it); ``apply`` calls ``op`` on the rows it is given with a fresh generator
+    on ``x``'s device seeded from the first row's seed, so a run is reproducible and the op's
+    draws follow the pipeline's seed. Raises ``ValueError`` naming the op when it returns
+    anything but a tensor of ``x``'s shape.
+    """
+    if isinstance(op, AugmentOp):
+        return op
+
+    def sample(shape: Shape, params: Any, generator: torch.Generator, device) -> Draws:
+        seeds = torch.randint(2**62, (shape[0],), generator=generator, device=generator.device)
+        return {"seed": seeds.cpu()}
+
+    def apply(x: Tensor, draws: Draws, params: Any, inplace: bool = False) -> Tensor:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(int(draws["seed"][0]))
+        out = op(x, generator, params)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"augmentation op {name} returned {got} for a batch of shape {tuple(x.shape)}; "
+                "an op returns a tensor of its input's shape (B, C, H, W)"
+            )
+        return out
+
+    return AugmentOp(name, sample, apply, params_type or type(None))
 
 
 # ----------------------------------------------------------------------------- composition
@@ -711,16 +739,33 @@ class Compose:
 
 
 def build_ops(names: Sequence[str], cfg: AugmentConfig | None = None) -> Compose:
-    """The ops ``names`` in order, each with its params from ``cfg`` (defaults if None)."""
+    """The ops ``names`` in order, each with its params from ``cfg`` (defaults if None).
+
+    A built-in op's params are its section ``cfg.<name>``; a plugin op's are
+    ``cfg.params[name]`` validated by its ``params_model``. Raises ``ValueError`` naming the
+    op, its position and the valid names for an unknown op (and what the registry raises for a
+    plugin that does not import or fit).
+    """
     cfg = cfg or AugmentConfig()
+    steps = []
     for position, name in enumerate(names):
-        if name not in OPS:
+        try:
+            entry = op_registry.OPS.get(name)
+        except UnknownComponentError as error:
             raise ValueError(
-                f"unknown augmentation op {name!r} at position {position} of {list(names)}; "
-                f"valid ops: {', '.join(OPS)}; presets (expanded by AugmentConfig): "
-                f"{', '.join(AUGMENTATION_PRESETS)}"
-            )
-    return Compose(tuple((OPS[name], getattr(cfg, name)) for name in names))
+                f"{error} (at position {position} of {list(names)}; presets, expanded by "
+                f"AugmentConfig: {', '.join(AUGMENTATION_PRESETS)})"
+            ) from None
+        section = entry.meta.get("section")
+        model = entry.meta.get("params")
+        if section is not None:
+            params = getattr(cfg, section)
+        elif model is not None:
+            params = model.model_validate(cfg.params.get(name, {}))
+        else:
+            params = None
+        steps.append((as_augment_op(name, op_registry.load(name), model), params))
+    return Compose(tuple(steps))
 
 
 #: CPU only: the rows of a batch run in chunks of about this many bytes (float32), so that

@@ -13,38 +13,31 @@ from __future__ import annotations
 
 import functools
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PositiveFloat,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-#: The augmentation ops of the paper's Figure 5, plus horizontal flip (crop's usual companion).
-AUGMENTATION_OPS: tuple[str, ...] = (
-    "crop",
-    "flip",
-    "color",
-    "grayscale",
-    "cutout",
-    "sobel",
-    "noise",
-    "blur",
-    "rotate",
-)
+from ablate import encoders, losses, ops
+from ablate.registry import Registry, is_plugin_name
+
+#: The built-in augmentation ops (``ablate.ops.OPS``): the paper's Figure 5 plus horizontal flip
+#: (crop's usual companion) and grayscale. ``augment.ops`` also takes ``module.path:attr`` ops.
+AUGMENTATION_OPS: tuple[str, ...] = ops.BUILTIN
 #: The seven ops that the paper's Figure 5 pairs with each other.
-FIGURE5_OPS: tuple[str, ...] = ("crop", "cutout", "color", "sobel", "noise", "blur", "rotate")
+FIGURE5_OPS: tuple[str, ...] = ops.FIGURE5
 #: Named compositions. ``simclr`` is the ImageNet pipeline; the paper drops blur on CIFAR-10.
-AUGMENTATION_PRESETS: dict[str, tuple[str, ...]] = {
-    "simclr": ("crop", "flip", "color", "blur"),
-    "simclr_cifar": ("crop", "flip", "color"),
-    "none": (),
-}
+AUGMENTATION_PRESETS: dict[str, tuple[str, ...]] = ops.PRESETS
 
 # Upper bounds of the sizes a spec may ask for. Each is far above any SimCLR ablation (the
 # paper's largest: 8192-image batches, 3200 epochs, a 4x-wide ResNet-50, i.e. width 256) and
@@ -62,6 +55,9 @@ MAX_SYNTHETIC_BYTES = 8 * 2**30
 #: ``data.image_size`` and ``data.synthetic_size``, in pixels.
 MAX_IMAGE_SIDE = 1024
 MAX_WIDTH = 512
+#: ``model.vit.dim`` (ViT-H: 1280) and ``model.vit.depth`` / ``heads`` (ViT-H: 32 / 16).
+MAX_VIT_DIM = 4096
+MAX_VIT_DEPTH = 64
 MAX_OUT_DIM = 8192
 MAX_HIDDEN_DIM = 16_384
 MAX_KNN_K = 10_000
@@ -72,7 +68,25 @@ MAX_GPUS_PER_WORKER = 64.0
 #: Seeds: numpy's and Optuna's generators take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
 
-OpName = Literal["crop", "flip", "color", "grayscale", "cutout", "sobel", "noise", "blur", "rotate"]
+
+def _names_in(registry: Registry[Any]) -> Callable[[str], str]:
+    """A field validator: ``name`` when ``registry`` knows it (or its plugin imports and fits).
+
+    The registry's ``TypeError`` (a plugin that does not fit its axis) becomes a ``ValueError``,
+    which pydantic reports at the field's dotted key like any other invalid value.
+    """
+
+    def validate(name: str) -> str:
+        try:
+            return registry.validate(name)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+
+    return validate
+
+
+#: An op of ``augment.ops`` / ``augment.base``: a registered name or ``module.path:attr``.
+OpName = Annotated[str, AfterValidator(_names_in(ops.OPS))]
 
 
 class ConfigurationError(ValueError):
@@ -242,14 +256,52 @@ class DataConfig(StrictModel):
 # ----------------------------------------------------------------------------- model
 
 
+class ViTConfig(StrictModel):
+    """The Vision Transformer of ``model.arch: vit_tiny`` (Dosovitskiy et al., 2021); defaults:
+    ViT-Ti (DeiT) with 4-px patches, an 8 x 8 grid on 32-px images."""
+
+    patch_size: int = Field(
+        4,
+        ge=1,
+        le=MAX_IMAGE_SIDE,
+        description="Side of the square patches in pixels; must divide the image side.",
+    )
+    dim: int = Field(
+        192,
+        ge=4,
+        le=MAX_VIT_DIM,
+        description=f"Token width, a multiple of 4 and of `heads`, 4 to {MAX_VIT_DIM}; h's width.",
+    )
+    depth: int = Field(12, ge=1, le=MAX_VIT_DEPTH, description="Transformer blocks.")
+    heads: int = Field(3, ge=1, le=MAX_VIT_DEPTH, description="Attention heads of each block.")
+    mlp_ratio: float = Field(
+        4.0, gt=0.0, le=16.0, description="Hidden width of each block's MLP, in units of `dim`."
+    )
+    pool: Literal["cls", "mean"] = Field(
+        "cls", description="h: the [CLS] token (the paper's) or the mean of the patch tokens."
+    )
+
+    @model_validator(mode="after")
+    def _dim_fits(self) -> ViTConfig:
+        if self.dim % 4 or self.dim % self.heads:
+            raise ValueError(
+                f"model.vit.dim={self.dim} must be a multiple of 4 (its sine-cosine position "
+                f"embedding) and of model.vit.heads={self.heads}"
+            )
+        return self
+
+
 class ModelConfig(StrictModel):
     """Encoder and projection head (the axis of the paper's Figure 8)."""
 
-    arch: Literal["resnet18", "resnet34", "resnet50"] = Field(
-        "resnet18", description="ResNet depth of the encoder f(.); h is its pooled output."
+    arch: Annotated[str, AfterValidator(_names_in(encoders.ENCODERS))] = Field(
+        "resnet18",
+        description="Encoder f(.); h is its pooled output. One of "
+        f"{encoders.ENCODERS.valid_text()} (a factory of an encoder with `feat_dim`).",
     )
     stem: Literal["cifar", "imagenet"] = Field(
-        "cifar", description="cifar: 3x3 stride-1 conv1, no max-pool (paper's CIFAR appendix)."
+        "cifar",
+        description="ResNets: cifar: 3x3 stride-1 conv1, no max-pool (paper's CIFAR appendix).",
     )
     width: int = Field(
         64,
@@ -257,7 +309,10 @@ class ModelConfig(StrictModel):
         le=MAX_WIDTH,
         description=f"Base width of the ResNet (64 in torchvision), 4 to {MAX_WIDTH}.",
     )
-    pretrained: bool = Field(False, description="Load torchvision ImageNet weights (width 64).")
+    pretrained: bool = Field(
+        False, description="ResNets: load torchvision ImageNet weights (width 64)."
+    )
+    vit: ViTConfig = Field(default_factory=ViTConfig)
     head: Literal["none", "linear", "nonlinear"] = Field(
         "nonlinear",
         description="Projection head g(.): none (z = h), linear, or nonlinear (one hidden ReLU "
@@ -277,6 +332,16 @@ class ModelConfig(StrictModel):
         f"{MAX_HIDDEN_DIM}; default: width of h.",
     )
     sync_batchnorm: bool = Field(False, description="Global BatchNorm across workers.")
+
+    @model_validator(mode="after")
+    def _pretrained_exists(self) -> ModelConfig:
+        if self.pretrained and not encoders.ENCODERS.get(self.arch).meta.get("pretrained"):
+            with_weights = [e.name for e in encoders.ENCODERS if e.meta.get("pretrained")]
+            raise ValueError(
+                f"model.pretrained=true: model.arch={self.arch} has no ImageNet weights (those "
+                f"with weights: {', '.join(with_weights)}); set model.pretrained=false"
+            )
+        return self
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -386,8 +451,9 @@ class AugmentConfig(StrictModel):
 
     ops: list[OpName] = Field(
         default_factory=lambda: list(AUGMENTATION_PRESETS["simclr_cifar"]),
-        description="Ordered op names, or one preset: simclr (crop, flip, color, blur), "
-        "simclr_cifar (crop, flip, color), none; `crop+color` spells a list.",
+        description="Ordered op names, or one preset: "
+        + ", ".join(f"{name} ({', '.join(ops_) or 'no op'})" for name, ops_ in ops.PRESETS.items())
+        + f"; `crop+color` spells a list. Ops: {ops.OPS.valid_text()} (see `augment.params`).",
     )
     mode: Literal["symmetric", "asymmetric"] = Field(
         "symmetric",
@@ -408,6 +474,46 @@ class AugmentConfig(StrictModel):
     noise: NoiseParams = Field(default_factory=NoiseParams)
     blur: BlurParams = Field(default_factory=BlurParams)
     rotate: RotateParams = Field(default_factory=RotateParams)
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Parameters of plugin ops, keyed by the op's `module.path:attr`, validated "
+        "by its `params_model` (every op of `ops`/`base` with a model gets its defaults filled "
+        "in); built-in ops take theirs in the sections above.",
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _plugin_params(cls, value: dict[str, dict[str, Any]], info: ValidationInfo) -> Any:
+        named = (*info.data.get("ops", ()), *info.data.get("base", ()))
+        used = [name for name in named if is_plugin_name(name)]
+        resolved: dict[str, dict[str, Any]] = {}
+        for name in [*value, *(n for n in used if n not in value)]:
+            if not is_plugin_name(name):
+                where = f"augment.{name}" if name in ops.OPS.names() else "its plugin's model"
+                raise ValueError(
+                    f"{name!r}: keys are plugin ops named module.path:attr; the parameters of "
+                    f"{name!r} go in {where}"
+                )
+            try:
+                model = ops.params_model(_names_in(ops.OPS)(name))
+            except ValueError as error:
+                raise ValueError(f"{name!r}: {error}") from None
+            given = value.get(name, {})
+            if model is None:
+                if given:
+                    raise ValueError(f"{name!r} takes no parameters (no params_model), got {given}")
+                if name in value:
+                    resolved[name] = {}
+                continue
+            try:
+                resolved[name] = model.model_validate(given).model_dump(mode="json")
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or '(all)'}: {e['msg']}" for e in error.errors()
+                )
+                raise ValueError(f"{name!r} ({model.__name__}): {problems}") from None
+        return resolved
 
     @field_validator("ops", "base", mode="before")
     @classmethod
@@ -427,8 +533,9 @@ class AugmentConfig(StrictModel):
 class LossConfig(StrictModel):
     """Contrastive objective (the paper's Table 2)."""
 
-    name: Literal["nt_xent", "nt_logistic", "margin_triplet"] = Field(
-        "nt_xent", description="nt_xent (the paper's), nt_logistic or margin_triplet (Table 2)."
+    name: Annotated[str, AfterValidator(_names_in(losses.LOSSES))] = Field(
+        "nt_xent",
+        description=f"The objective: {losses.LOSSES.valid_text()} (nt_xent is the paper's).",
     )
     temperature: float = Field(
         0.5, gt=0.0, description="Temperature tau of the cosine similarities."

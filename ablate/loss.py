@@ -1,4 +1,5 @@
-"""Contrastive losses of SimCLR's Table 2 (Chen et al., 2020, arXiv:2002.05709).
+"""Contrastive losses of SimCLR's Table 2 (Chen et al., 2020, arXiv:2002.05709), registered by
+name in :data:`ablate.losses.LOSSES`; :func:`build_loss` builds the one a config names.
 
 Every loss is called as ``loss(z1, z2) -> scalar`` with ``z1, z2`` of shape (N, D): the
 projections of the two augmented views of the same N images. The 2N views are the anchors;
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.config import LossConfig
+from ablate.losses import LOSSES
 
 
 def _world() -> tuple[int, int]:
@@ -188,14 +190,19 @@ class MarginTripletLoss(nn.Module):
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
-    """The loss of ``cfg.name``, called as ``loss(z1 (N, D), z2 (N, D)) -> scalar``."""
-    if cfg.name == "nt_xent":
-        return NTXentLoss(cfg.temperature)
-    if cfg.name == "nt_logistic":
-        return NTLogisticLoss(cfg.temperature)
-    if cfg.name == "margin_triplet":
-        return MarginTripletLoss(cfg.margin)
-    raise ValueError(f"loss.name={cfg.name!r} is not one of nt_xent, nt_logistic, margin_triplet")
+    """The loss of ``cfg.name`` (a name of :data:`ablate.losses.LOSSES` or a plugin's
+    ``module.path:factory``), called as ``loss(z1 (N, D), z2 (N, D)) -> scalar``.
+
+    Raises ``UnknownComponentError`` / ``PluginImportError`` (both ``ValueError``) for a name
+    the registry does not resolve, ``TypeError`` when a plugin's factory builds no module.
+    """
+    loss = LOSSES.get(cfg.name).component(cfg)
+    if not isinstance(loss, nn.Module):
+        raise TypeError(
+            f"loss.name={cfg.name}: the factory returned {type(loss).__name__}, not a "
+            "torch.nn.Module called as loss(z1 (N, D), z2 (N, D)) -> scalar"
+        )
+    return loss
 
 
 @torch.no_grad()

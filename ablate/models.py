@@ -1,4 +1,7 @@
-"""SimCLR's network: a ResNet encoder f(.) and a projection head g(.) (Chen et al., 2020).
+"""SimCLR's network: an encoder f(.) and a projection head g(.) (Chen et al., 2020).
+
+The encoder is the one ``model.arch`` names in :data:`ablate.encoders.ENCODERS`: the ResNets
+defined here, the ViT of :mod:`ablate.vit`, or a user's ``module.path:factory``.
 
 ``h = f(x)`` is the representation (the pooled features before the classifier, which is
 removed) and ``z = g(h)`` is what the contrastive loss sees. The head is the axis of the paper's
@@ -23,6 +26,7 @@ from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weig
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from ablate.config import ModelConfig
+from ablate.encoders import ENCODERS, check_instance
 
 #: arch -> (block, blocks per stage, torchvision ImageNet weights).
 RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], WeightsEnum]] = {
@@ -101,9 +105,9 @@ class ResNetEncoder(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def _imagenet_state_dict(cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights of ``cfg.arch`` from the torch hub cache (or downloaded)."""
-    weights = RESNETS[cfg.arch][2]
+def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of ``arch`` from the torch hub cache (or downloaded)."""
+    weights = RESNETS[arch][2]
     hub_checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
     cached = os.path.join(hub_checkpoints, os.path.basename(weights.url))
     try:
@@ -115,7 +119,7 @@ def _imagenet_state_dict(cfg: ModelConfig) -> dict[str, torch.Tensor]:
             else f"are missing: looked for {cached}"
         )
         raise RuntimeError(
-            f"model.pretrained=true: torchvision's ImageNet weights for {cfg.arch} ({weights}) "
+            f"model.pretrained=true: torchvision's ImageNet weights for {arch} ({weights}) "
             f"{problem} (the torch hub cache, $TORCH_HOME/hub/checkpoints; "
             f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}) and fetching {weights.url} "
             f"failed ({type(error).__name__}: {error}). "
@@ -123,24 +127,38 @@ def _imagenet_state_dict(cfg: ModelConfig) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def build_encoder(cfg: ModelConfig) -> ResNetEncoder:
-    """The encoder f of ``cfg``: returns h of shape (B, feat_dim); ``.feat_dim`` is set.
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    """The encoder f that ``cfg.arch`` names in :data:`ablate.encoders.ENCODERS` (a built-in or
+    a plugin's ``module.path:factory``): an ``nn.Module`` mapping ``(B, 3, H, W)`` to h
+    ``(B, feat_dim)``, with ``.feat_dim`` set (the :class:`ablate.encoders.Encoder` protocol).
+
+    Raises ``UnknownComponentError`` / ``PluginImportError`` for a name the registry does not
+    resolve and ``TypeError`` when a plugin's factory builds no encoder.
+    """
+    encoder = ENCODERS.get(cfg.arch).component(cfg)
+    check_instance(f"model.arch={cfg.arch}", encoder)
+    return encoder
+
+
+def build_resnet(cfg: ModelConfig, arch: str | None = None) -> ResNetEncoder:
+    """The ResNet ``arch`` (default ``cfg.arch``) at ``cfg.width`` with ``cfg.stem``.
 
     ``pretrained`` loads torchvision's ImageNet weights (width 64 only). With the ``cifar``
     stem, conv1 has a 3x3 kernel that has no ImageNet counterpart: it keeps its random
     initialisation and every other layer is loaded.
     """
-    if cfg.arch not in RESNETS:
-        raise ValueError(f"model.arch={cfg.arch!r} is not one of {sorted(RESNETS)}")
+    arch = arch or cfg.arch
+    if arch not in RESNETS:
+        raise ValueError(f"model.arch={arch!r} is not one of {sorted(RESNETS)}")
     if cfg.pretrained and cfg.width != TORCHVISION_WIDTH:
         raise ValueError(
             f"model.pretrained=true needs model.width={TORCHVISION_WIDTH} (torchvision's "
             f"ImageNet weights), got model.width={cfg.width}"
         )
-    block, layers, _ = RESNETS[cfg.arch]
+    block, layers, _ = RESNETS[arch]
     encoder = ResNetEncoder(block, layers, width=cfg.width, stem=cfg.stem)
     if cfg.pretrained:
-        state = {k: v for k, v in _imagenet_state_dict(cfg).items() if not k.startswith("fc.")}
+        state = {k: v for k, v in _imagenet_state_dict(arch).items() if not k.startswith("fc.")}
         if cfg.stem == "cifar":
             del state["conv1.weight"]
             warnings.warn(
@@ -151,7 +169,7 @@ def build_encoder(cfg: ModelConfig) -> ResNetEncoder:
         missing, unexpected = encoder.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"conv1.weight"}:
             raise RuntimeError(
-                f"{cfg.arch} ImageNet weights do not match the encoder: missing {missing}, "
+                f"{arch} ImageNet weights do not match the encoder: missing {missing}, "
                 f"unexpected {unexpected}"
             )
     return encoder

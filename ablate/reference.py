@@ -1,5 +1,6 @@
 """The search-space reference (``docs/search_space.md``), generated from the spec's pydantic
-models (``ablate.spec``) and the trial-config schema (``ablate.config``), so it cannot drift.
+models (``ablate.spec``), the trial-config schema (``ablate.config``) and the registries of the
+components (``ablate.ops``, ``ablate.losses``, ``ablate.encoders``), so it cannot drift.
 
     python -m ablate.reference > docs/search_space.md
 """
@@ -14,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ablate import encoders, losses, ops
 from ablate.config import TrialConfig
+from ablate.registry import Registry
 from ablate.spec import ParamValues, SweepSpec, section_model
 
 
@@ -192,6 +195,52 @@ dashboard the worker groups of trials that ASHA stopped stay reserved until the 
 """
 
 
+_COMPONENTS_INTRO = """
+## Components: augmentation ops, losses, encoders
+
+The names these keys take come from the registries of `ablate.ops`, `ablate.losses` and
+`ablate.encoders` (listed below as registered). Each key also takes your own component, named
+by import path, `module.path:factory` (e.g. `augment.ops: [crop, color, examples.my_op:solarize]`,
+`loss.name: my_losses:info_nce`, `model.arch: my_nets:convnext_nano`). The module is imported
+from the directory the sweep is launched in (or wherever it is installed) when the spec is
+validated; a name that does not import, or an object that does not fit its axis, is an error at
+its key (exit status 2) before Ray starts. Ray makes the module importable on every worker: a
+local sweep's workers see the driver's directory, and `ray job submit --working-dir .` ships
+it; a sweep that joins a cluster with `--address` from outside a job uploads each plugin's
+top-level module or package (`py_modules` of the job's runtime environment).
+
+- **op** (`augment.ops`, `augment.base`): `op(x, generator, params) -> y`, `x` and `y`
+  `(B, C, H, W)` float in [0, 1] on one device, `x` left untouched, every random draw from
+  `generator`; an optional `op.params_model` (a pydantic model) validates its parameters,
+  given under `augment.params` by the op's name. Preflight runs it on a small batch.
+  Example: `examples/my_op.py` and `examples/my_op.yaml`.
+- **loss** (`loss.name`): `factory(cfg)` gets the `loss` section and returns an `nn.Module`
+  called as `loss(z1 (N, D), z2 (N, D)) -> scalar`.
+- **encoder** (`model.arch`): `factory(cfg)` gets the `model` section and returns an
+  `nn.Module` with an int `feat_dim` whose forward maps images `(N, 3, H, W)` to features
+  `(N, feat_dim)` (the `ablate.encoders.Encoder` protocol). Preflight builds it and runs a
+  two-image batch through it.
+"""
+
+
+def _registry_section(title: str, registry: Registry[Any], extra: str = "") -> str:
+    return f"\n### {title} (`{registry.key}`)\n\n{registry.describe()}\n{extra}"
+
+
+def render_components() -> str:
+    """The components section: every registered op, loss and encoder with its description."""
+    presets = "".join(
+        f"- preset `{name}`: {', '.join(f'`{op}`' for op in names) or 'no op'}\n"
+        for name, names in ops.PRESETS.items()
+    )
+    return (
+        _COMPONENTS_INTRO
+        + _registry_section("Augmentation ops", ops.OPS, presets)
+        + _registry_section("Losses", losses.LOSSES)
+        + _registry_section("Encoders", encoders.ENCODERS)
+    )
+
+
 def render_reference() -> str:
     """The Markdown reference of the spec (``docs/search_space.md``), from the models above."""
     parts = [_REFERENCE_INTRO]
@@ -199,6 +248,7 @@ def render_reference() -> str:
     parts.append(_REFERENCE_MIDDLE)
     parts.append("## Sweep keys\n\n" + _doc(SweepSpec) + "\n\n")
     parts.append(_rows_table(_model_rows(SweepSpec, "")) + "\n")
+    parts.append(render_components())
     parts.append("\n## Base configuration (trial-config sections)\n")
     for section, info in TrialConfig.model_fields.items():
         model = section_model(info.annotation)
