@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,15 @@ import pytest
 import ray
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
+from ray.tune.result import (
+    AUTO_RESULT_KEYS,
+    DONE,
+    EPISODES_THIS_ITER,
+    EXPERIMENT_TAG,
+    SHOULD_CHECKPOINT,
+    TIMESTEPS_THIS_ITER,
+    TRIAL_ID,
+)
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from ablate.config import TrialConfig, flatten, resolve, set_dotted
@@ -25,8 +35,10 @@ from ablate.tracking import (
     default_tracking_uri,
     run_name,
 )
+from ablate.tracking.results import TUNE_RESULT_KEYS, epoch_metrics
 from ablate.vocabulary import Outcome, trial_outcome
 
+REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 SPEC_YAML = "name: track-test\nsearch:\n  model.head: [nonlinear, linear, none]\n"
 KNN_BASE = {"nonlinear": 0.5, "linear": 0.1, "none": 0.3}
@@ -387,3 +399,74 @@ def test_long_param_values_are_capped():
     config = resolve({})
     config["data"]["train_path"] = "x" * 7000
     assert len(config_params(config)["data.train_path"]) == 6000
+
+
+def test_tune_result_keys_are_rays_own():
+    """The writer names Tune's bookkeeping keys without importing Ray: the same set as Ray's."""
+    rays = {
+        *AUTO_RESULT_KEYS,
+        DONE,
+        TRIAL_ID,
+        EXPERIMENT_TAG,
+        SHOULD_CHECKPOINT,
+        EPISODES_THIS_ITER,
+        TIMESTEPS_THIS_ITER,
+    }
+    assert rays == TUNE_RESULT_KEYS
+    result = {key: 1.0 for key in rays} | {"epoch": 2, "val/knn_top1": 0.5, "done": True}
+    assert epoch_metrics(result) == {"epoch": 2.0, "val/knn_top1": 0.5}
+
+
+def _modules_after(code: str) -> str:
+    """The last line ``code`` prints, run in a fresh interpreter at the repository's root."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_tracking_imports_neither_ray_nor_the_report():
+    """The writer, the reader and the report's publisher load without Ray or ``ablate.report``;
+    ``MlflowCallback`` (the one name that needs Ray) is loaded when it is asked for."""
+    code = (
+        "import sys\n"
+        "import ablate.tracking, ablate.tracking.reader, ablate.tracking.writer\n"
+        "import ablate.tracking.publish\n"
+        "loaded = sorted(m for m in sys.modules\n"
+        "                if m.split('.')[0] == 'ray' or m.startswith('ablate.report'))\n"
+        "from ablate.tracking import MlflowCallback\n"
+        "print(loaded, MlflowCallback.__module__, 'ray.tune' in sys.modules)"
+    )
+    assert _modules_after(code) == "[] ablate.tracking.callback True"
+
+
+def test_report_rebuilds_from_a_sqlite_store_without_ray(tmp_path):
+    """``python -m entrypoints.report`` reads a sweep back from a real SQLite store, writes its
+    report and logs it to the parent run, with Ray never imported."""
+    uri = default_tracking_uri(tmp_path / "storage")
+    tracker = SweepTracker(uri, "rebuilt", execution="e1", spec_text=SPEC_YAML)
+    with tracker:
+        for head, base in (("nonlinear", 0.5), ("linear", 0.2)):
+            for replicate in (0, 1):
+                param = trial_param(head, replicate)
+                trial_id = f"{head}-{replicate}"
+                tracker.start_trial(trial_id, param["config"], param["varying"], replicate)
+                for epoch in range(1, EPOCHS + 1):
+                    knn = base + 0.1 * epoch + 0.01 * replicate
+                    tracker.log_epoch(trial_id, {"epoch": epoch, "val/knn_top1": knn})
+                last = {"epoch": EPOCHS, "val/knn_top1": knn, "status": "completed"}
+                tracker.finish_trial(trial_id, "completed", last_result=last)
+    out = tmp_path / "report"
+    args = ["--experiment", "rebuilt", "--tracking-uri", uri, "--out", str(out)]
+    code = (
+        "import sys\n"
+        "from entrypoints.report import main\n"
+        f"status = main({args!r})\n"
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    )
+    assert _modules_after(code) == "0 []"
+    summary = (out / "summary.md").read_text()
+    assert "nonlinear" in summary and "linear" in summary
+    logged = MlflowClient(uri).list_artifacts(tracker.parent_run_id, "report")
+    assert "report/summary.md" in {artifact.path for artifact in logged}
