@@ -9,34 +9,35 @@ from __future__ import annotations
 from typing import Any
 
 from ablate import data, preflight
-from ablate.config import DataConfig
+from ablate.config import TrialConfig
+from ablate.searchers import SEARCHERS
 from ablate.spec import SpecError, SweepPlan, trial_resources
 from ablate.vocabulary import format_value
 
 
-def steps_per_epoch(config: dict[str, Any]) -> int | None:
-    """Optimiser steps of one epoch of the trial ``config`` (a resolved trial-config dict), as
-    ``ablate.train`` computes them from the trial's split; None when the dataset's class counts
-    are not known without decoding it."""
-    sizes = data.split_sizes(DataConfig.model_validate(config["data"]))
+def steps_per_epoch(config: TrialConfig) -> int | None:
+    """Optimiser steps of one epoch of the trial ``config``, as ``ablate.train`` computes them
+    from the trial's split; None when the dataset's class counts are not known without
+    decoding it."""
+    sizes = data.split_sizes(config.data)
     if sizes is None:
         return None
     return data.steps_per_epoch(
         sizes[0],
-        int(config["train"]["batch_size"]),
-        int(config["resources"]["num_workers"]),
-        config["train"].get("steps_per_epoch"),
+        config.train.batch_size,
+        config.resources.num_workers,
+        config.train.steps_per_epoch,
     )
 
 
 def estimate_compute(plan: SweepPlan) -> dict[str, Any]:
     """Upper bounds (every trial runs all its epochs): steps, images, worker-CPU/GPU-epochs."""
     per_trial = plan.configs()
-    multiplier = plan.num_trials if plan.spec.algorithm.name == "optuna" else 1
+    multiplier = plan.num_trials if plan.proposes else 1
     epochs = steps = images = cpu_epochs = gpu_epochs = 0.0
     unknown = False
     for config in per_trial:
-        n_epochs = int(config["train"]["epochs"])
+        n_epochs = config.train.epochs
         per_epoch = steps_per_epoch(config)
         res = trial_resources(config)
         epochs += n_epochs
@@ -46,7 +47,7 @@ def estimate_compute(plan: SweepPlan) -> dict[str, Any]:
             unknown = True
         else:
             steps += n_epochs * per_epoch
-            images += n_epochs * per_epoch * int(config["train"]["batch_size"])
+            images += n_epochs * per_epoch * config.train.batch_size
     return {
         "trials": plan.num_trials,
         "epochs": int(epochs * multiplier),
@@ -103,26 +104,24 @@ def _describe_plan(plan: SweepPlan) -> str:
         f"  results: {plan.experiment_dir}",
         "",
     ]
-    if spec.algorithm.name == "optuna":
+    if plan.proposes:
         rows = [[k, v.kind(), format_value(getattr(v, v.kind()))] for k, v in plan.sampled.items()]
-        lines.append(f"{plan.num_trials} trials proposed by Optuna (TPE) from:")
+        proposer = SEARCHERS.get(spec.algorithm.name).meta["proposer"] or spec.algorithm.name
+        lines.append(f"{plan.num_trials} trials proposed by {proposer} from:")
         lines.append(_table(["key", "kind", "values"], rows))
     else:
         keys = plan.varying_keys
         header = ["#", *keys, "seed", "epochs", "steps/ep", "workers", "cpu/w", "gpu/w"]
         rows = []
         for index, trial in enumerate(plan.trials):
-            config, res = trial["config"], trial_resources(trial["config"])
+            config, res = trial.config, trial_resources(trial.config)
             per_epoch = steps_per_epoch(config)
             rows.append(
                 [
                     str(index),
-                    *(
-                        format_value(trial["varying"][k]) if k in trial["varying"] else "-"
-                        for k in keys
-                    ),
-                    str(config["train"]["seed"]),
-                    str(config["train"]["epochs"]),
+                    *(format_value(trial.varying[k]) if k in trial.varying else "-" for k in keys),
+                    str(trial.seed),
+                    str(trial.epochs),
                     "?" if per_epoch is None else str(per_epoch),
                     str(res["workers"]),
                     f"{res['cpus_per_worker']:g}",

@@ -26,6 +26,13 @@ from typing import Any
 
 from ablate import data, driverlock
 from ablate.config import ConfigurationError, DataConfig
+from ablate.searchers import (
+    SCHEDULERS,
+    SEARCHERS,
+    ComponentTypeError,
+    build_scheduler,
+    build_searcher,
+)
 from ablate.spec import SpecError, SweepPlan, trial_resources
 
 
@@ -53,6 +60,7 @@ def check(plan: SweepPlan, resume: bool = False) -> Preflight:
     # The input's own checks first: bad input exits 2 with nothing written, not even a lock.
     check_data_sources(plan)
     check_batch_sizes(plan)
+    check_components(plan)
     lock = take_driver_lock(plan)
     try:
         restore = check_experiment_dir(plan, resume, lock)
@@ -196,12 +204,12 @@ def check_data_sources(plan: SweepPlan) -> None:
     """
     seen: set[str] = set()
     for config in plan.configs():
-        key = json.dumps(config["data"], sort_keys=True)
+        key = config.data.model_dump_json()
         if key in seen:
             continue
         seen.add(key)
         try:
-            data.check_sources(DataConfig.model_validate(config["data"]))
+            data.check_sources(config.data)
         except data.DataError as error:
             message = str(error).removeprefix(f"{error.key}: ")
             raise SpecError(plan.source, error.key, message) from None
@@ -209,7 +217,7 @@ def check_data_sources(plan: SweepPlan) -> None:
 
 def check_batch_sizes(
     plan: SweepPlan,
-    sizes_for: Callable[[dict[str, Any]], tuple[int, int] | None] | None = None,
+    sizes_for: Callable[[DataConfig], tuple[int, int] | None] | None = None,
 ) -> None:
     """Every planned trial's ``train.batch_size`` fits its pretraining set (``data.check_batch``)
     wherever the set's size is known: by default without decoding (``data.split_sizes``:
@@ -217,31 +225,53 @@ def check_batch_sizes(
     with ``sizes_for`` giving the (pretraining, validation) sizes of each set it loaded, still
     before any trial (None: not known). Under optuna, a swept batch size is checked at its
     largest value. Raises ``SpecError`` naming ``train.batch_size`` (or its space key)."""
-    if sizes_for is None:
-
-        def sizes_for(data_config: dict[str, Any]) -> tuple[int, int] | None:
-            return data.split_sizes(DataConfig.model_validate(data_config))
-
+    sizes_for = sizes_for or data.split_sizes
     sizes_of: dict[str, tuple[int, int] | None] = {}
-    configs = plan.configs()
     sampled = plan.sampled.get("train.batch_size")
-    if sampled is not None:
-        largest = max(int(v) for v in (sampled.choice or sampled.randint or []))
-        configs = [{**c, "train": {**c["train"], "batch_size": largest}} for c in configs]
-    for config in configs:
-        key = json.dumps(config["data"], sort_keys=True)
+    largest = max(int(v) for v in (sampled.choice or sampled.randint or [])) if sampled else None
+    for config in plan.configs():
+        key = config.data.model_dump_json()
         if key not in sizes_of:
-            sizes_of[key] = sizes_for(config["data"])
+            sizes_of[key] = sizes_for(config.data)
         sizes = sizes_of[key]
         if sizes is None:
             continue
-        batch, workers = int(config["train"]["batch_size"]), int(config["resources"]["num_workers"])
+        batch = largest if largest is not None else config.train.batch_size
+        workers = config.resources.num_workers
         try:
             data.check_batch(sizes, batch, workers)
         except ConfigurationError as error:
             where = "space.train.batch_size" if "train.batch_size" in plan.spec.space else error.key
             message = str(error).removeprefix(f"{error.key}: ")
             raise SpecError(plan.source, where, message) from None
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def check_components(plan: SweepPlan) -> None:
+    """A user's searcher or scheduler (``module.path:factory``, ``ablate.searchers``) builds
+    the kind of Tune object its key needs: the factory is called once with ``(section, plan)``
+    here, before anything is written. Raises ``SpecError`` at ``algorithm.name`` /
+    ``scheduler.name`` naming what went wrong. Built-ins are not built here (no Ray import)."""
+    for registry, name, build in (
+        (SEARCHERS, plan.spec.algorithm.name, build_searcher),
+        (SCHEDULERS, plan.spec.scheduler.name, build_scheduler),
+    ):
+        if not registry.get(name).plugin:
+            continue
+        try:
+            build(plan)
+        except SpecError:
+            raise
+        except ComponentTypeError as error:
+            raise SpecError(plan.source, registry.key, f"{name}: {error}") from None
+        except Exception as error:  # whatever the user's factory raises
+            raise SpecError(
+                plan.source,
+                registry.key,
+                f"{name}: the factory raised {type(error).__name__}: {error}",
+            ) from None
 
 
 # ----------------------------------------------------------------------------- tracking

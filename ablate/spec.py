@@ -31,8 +31,10 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import to_jsonable_python
 
 from ablate.config import (
+    AUGMENTATION_OPS,
     AUGMENTATION_PRESETS,
     MAX_EPOCHS,
     MAX_SEED,
@@ -40,9 +42,10 @@ from ablate.config import (
     TypedModel,
     set_dotted,
 )
-from ablate.ops import OPS
 from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
 from ablate.recipes import merge as merge_sections
+from ablate.searchers import SCHEDULERS, SEARCHERS, names_text
+from ablate.trialrecord import PlannedTrial
 from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY, RANKING_METRICS, format_value
 
 #: The trial-config sections a spec may set at its top level (the base configuration).
@@ -117,11 +120,12 @@ class ParamValues(_SpecModel):
 class AlgorithmSpec(_SpecModel):
     """How configurations are chosen."""
 
-    name: Literal["grid", "random", "optuna"] = Field(
+    name: str = Field(
         "grid",
-        description="grid: every combination of `grid`/`choice`/`op_pairs`/`together`; random: "
-        "`num_samples` draws of the distributions, each crossed with the grid; optuna: "
-        "`num_samples` trials proposed by Optuna's TPE sampler (distributions and `choice` only).",
+        description=names_text(SEARCHERS)
+        + " Or `module.path:factory`, your own: called with (this section, the plan), it returns "
+        "a Tune `Searcher` that proposes `num_samples` trials from the distributions and "
+        "`choice` of `space` (`ablate.searchers`).",
     )
     num_samples: int = Field(
         1,
@@ -144,19 +148,20 @@ class AlgorithmSpec(_SpecModel):
         description="Seed of the random draws and of Optuna's sampler (0 to 2**32 - 1).",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return SEARCHERS.validate(value)
+
 
 class SchedulerSpec(_SpecModel):
     """Early stopping (ASHA) or none (fifo). Also names the ranking metric of the summary."""
 
-    name: Literal["fifo", "asha"] = Field(
+    name: str = Field(
         "fifo",
-        description="fifo: every trial runs all its epochs; asha: asynchronous successive "
-        "halving on configurations (`ablate.scheduling.ReplicateASHA`): with `replicates > 1` a "
-        "configuration's seeds are judged together, continued or stopped together on their mean "
-        "at each rung (a seed that reaches a rung first runs on until its siblings do), so no "
-        "configuration is kept or dropped on one lucky seed; its replicates are then run next "
-        "to each other (configuration-major order), and `algorithm.max_concurrent_trials` "
-        "should be at least `replicates`. With one replicate it decides as Ray's ASHA.",
+        description=names_text(SCHEDULERS)
+        + " Or `module.path:factory`, your own: called with (this section, the plan), it returns "
+        "a Tune `TrialScheduler` (`ablate.searchers`).",
     )
     metric: str = Field(
         DEFAULT_RANKING_METRIC,
@@ -181,6 +186,11 @@ class SchedulerSpec(_SpecModel):
         le=MAX_EPOCHS,
         description="asha: last rung, in epochs; default: the largest `train.epochs`.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return SCHEDULERS.validate(value)
 
     @field_validator("metric")
     @classmethod
@@ -299,17 +309,19 @@ TOP_LEVEL_KEYS: tuple[str, ...] = SPEC_KEYS + CONFIG_SECTIONS
 
 @dataclass
 class SweepPlan:
-    """A validated spec: the base config, every trial's parameters and where results go.
+    """A validated spec: the base config, every trial and where results go.
 
-    ``trials`` holds one Tune param dict per trial (grid and random), in run order:
-    ``{"config": resolved TrialConfig dict, "varying": {dotted: value}, "replicate": r,
-    "sweep": name}``. With ``optuna`` it is empty and ``sampled`` holds the distributions.
+    ``trials`` holds one ``ablate.trialrecord.PlannedTrial`` per trial (grid and random), in
+    run order; with a searcher that proposes trials (optuna, a plugin) it is empty and
+    ``sampled`` holds the distributions. ``base`` is the resolved base configuration as JSON
+    (what every trial's values are merged into), ``base_config`` the same, validated.
     """
 
     source: str
     spec: SweepSpec
     base: dict[str, Any]
-    trials: list[dict[str, Any]]
+    base_config: TrialConfig
+    trials: list[PlannedTrial]
     sampled: dict[str, ParamValues] = field(default_factory=dict)
     text: str = ""
     overrides: tuple[str, ...] = ()
@@ -340,8 +352,19 @@ class SweepPlan:
         return self.spec.scheduler.mode
 
     @property
+    def proposes(self) -> bool:
+        """Whether the searcher proposes trials at run time (optuna, a plugin) rather than
+        handing out the planned ``trials`` (``ablate.searchers``)."""
+        return SEARCHERS.get(self.spec.algorithm.name).meta["expands"] is None
+
+    @property
+    def early_stopping(self) -> bool:
+        """Whether the scheduler may stop trials before their last epoch (asha, a plugin)."""
+        return bool(SCHEDULERS.get(self.spec.scheduler.name).meta["early_stopping"])
+
+    @property
     def num_trials(self) -> int:
-        if self.spec.algorithm.name == "optuna":
+        if self.proposes:
             return self.spec.algorithm.num_samples
         return len(self.trials)
 
@@ -353,12 +376,12 @@ class SweepPlan:
             keys += [k for k in entry if k not in keys]
         return keys
 
-    def configs(self) -> list[dict[str, Any]]:
-        """The resolved config of each planned trial (the base config under optuna)."""
-        return [t["config"] for t in self.trials] or [self.base]
+    def configs(self) -> list[TrialConfig]:
+        """The config of each planned trial (the base config when trials are proposed)."""
+        return [t.config for t in self.trials] or [self.base_config]
 
     def max_epochs(self) -> int:
-        epochs = [c["train"]["epochs"] for c in self.configs()]
+        epochs = [c.train.epochs for c in self.configs()]
         if "train.epochs" in self.sampled:
             pv = self.sampled["train.epochs"]
             epochs += [int(v) for v in (pv.randint or pv.choice or pv.uniform or [])]
@@ -370,23 +393,16 @@ class SweepPlan:
             "sweep": self.name,
             "algorithm": self.spec.algorithm.model_dump(),
             "scheduler": self.spec.scheduler.model_dump(),
-            "trials": self.trials,
+            "trials": [t.param() for t in self.trials],
             "sampled": {k: v.model_dump(exclude_none=True) for k, v in self.sampled.items()},
             "base": self.base if not self.trials else None,
         }
         return json.dumps(plan, indent=1, sort_keys=True)
 
-    def make_param(self, varying: dict[str, Any], replicate: int = 0) -> dict[str, Any]:
-        """The Tune param dict of one trial: base + ``varying`` + replicate seed, resolved."""
-        config = _merged(self.base, varying)
-        config["train"]["seed"] = int(config["train"]["seed"]) + replicate
-        resolved = TrialConfig.model_validate(config).model_dump(mode="json")
-        return {
-            "config": resolved,
-            "varying": typed_varying(varying, resolved),
-            "replicate": replicate,
-            "sweep": self.name,
-        }
+    def trial(self, varying: dict[str, Any], replicate: int = 0) -> PlannedTrial:
+        """One trial: base + ``varying`` + the replicate's seed, validated once. Raises
+        ``SpecError`` (naming the configuration) when the schema refuses it."""
+        return _planned_trial(self.base, varying, replicate, self.source, self.spec)
 
 
 def _merged(base: dict[str, Any], varying: dict[str, Any]) -> dict[str, Any]:
@@ -613,9 +629,10 @@ def build_sweep(
             raise SpecError(source, "recipe", str(error)) from None
         base_raw = merge_sections(recipe.overrides, base_raw)
     try:
-        base = TrialConfig.model_validate(base_raw).model_dump(mode="json")
+        base_config = TrialConfig.model_validate(base_raw)
     except ValidationError as error:
         raise _schema_error(source, error, prefix="") from None
+    base = base_config.model_dump(mode="json")
 
     spec_raw = {k: raw[k] for k in SPEC_KEYS if k in raw}
     if "name" not in spec_raw:
@@ -638,18 +655,19 @@ def build_sweep(
     _check_overrides_not_swept(spec, overrides, source)
     _check_plan_size(spec, source)
     sampled = _check_space(spec, base, source)
-    if spec.algorithm.name == "optuna":
-        _check_optuna(spec, source)
-        trials: list[dict[str, Any]] = []
+    expands = _expands(spec)
+    if expands is None:
+        _check_proposing(spec, source)
+        trials: list[PlannedTrial] = []
         _validate_sampled_corners(spec, base, sampled, source)
     else:
-        if spec.algorithm.name == "grid" and spec.algorithm.num_samples != 1:
+        if expands == "grid" and spec.algorithm.num_samples != 1:
             raise SpecError(
                 source,
                 "algorithm.num_samples",
                 "grid runs every configuration once; use `replicates: K` to repeat them",
             )
-        if spec.algorithm.name == "grid" and sampled:
+        if expands == "grid" and sampled:
             key = next(iter(sampled))
             raise SpecError(
                 source,
@@ -662,6 +680,7 @@ def build_sweep(
         source=source,
         spec=spec,
         base=base,
+        base_config=base_config,
         trials=trials,
         sampled=sampled,
         text=text,
@@ -669,6 +688,12 @@ def build_sweep(
     )
     _check_scheduler(sweep, source)
     return sweep
+
+
+def _expands(spec: SweepSpec) -> str | None:
+    """How the plan enumerates trials (``"grid"``, ``"random"``), or None when the searcher
+    proposes them at run time (``ablate.searchers.SEARCHERS``' ``expands``)."""
+    return SEARCHERS.get(spec.algorithm.name).meta["expands"]
 
 
 def absolute_storage_path(path: str) -> str:
@@ -695,19 +720,21 @@ def planned_trials(spec: SweepSpec) -> tuple[int, list[tuple[str, int]]]:
     """How many trials ``spec`` plans, counted without expanding anything, and its factors
     (``[("space.model.head", 2), ..., ("replicates", 3)]``): each enumerated key of ``space``
     (``grid``; ``choice`` under grid; ``op_pairs``: n + n(n-1)), the ``together`` entries,
-    ``algorithm.num_samples`` (random) and ``replicates``. Optuna: ``num_samples``."""
-    if spec.algorithm.name == "optuna":
+    ``algorithm.num_samples`` (random) and ``replicates``. A searcher that proposes trials
+    (optuna, a plugin): ``num_samples``."""
+    expands = _expands(spec)
+    if expands is None:
         return spec.algorithm.num_samples, [("algorithm.num_samples", spec.algorithm.num_samples)]
     factors: list[tuple[str, int]] = []
     for key, values in spec.space.items():
         kinds = [k for k in PARAM_KINDS if getattr(values, k) is not None]
         kind = kinds[0] if kinds else None
-        if kind in ("grid", "op_pairs") or (kind == "choice" and spec.algorithm.name == "grid"):
+        if kind in ("grid", "op_pairs") or (kind == "choice" and expands == "grid"):
             n = len(getattr(values, kind))
             factors.append((f"space.{key}", n * n if kind == "op_pairs" else n))
     if spec.together:
         factors.append(("together", len(spec.together)))
-    if spec.algorithm.name == "random":
+    if expands == "random":
         factors.append(("algorithm.num_samples", spec.algorithm.num_samples))
     factors.append(("replicates", spec.replicates))
     return math.prod(n for _, n in factors), factors
@@ -757,7 +784,7 @@ def _check_space(spec: SweepSpec, base: dict[str, Any], source: str) -> dict[str
                 raise SpecError(source, f"{where}.{kind}", f"needs 0 < lo, got [{lo}, {hi}]")
         if kind == "op_pairs":
             _check_op_names(values.op_pairs or [], source, f"{where}.op_pairs")
-        if kind in _SAMPLED or (kind == "choice" and spec.algorithm.name != "grid"):
+        if kind in _SAMPLED or (kind == "choice" and _expands(spec) != "grid"):
             sampled[key] = values
         for index, value in enumerate(_values_to_check(values)):
             check_value(base, key, value, source, f"{where}.{kind}[{index}]")
@@ -788,10 +815,14 @@ def _values_to_check(values: ParamValues) -> list[Any]:
 def _check_op_names(names: Iterable[str], source: str, where: str, unique: bool = True) -> None:
     seen: set[str] = set()
     for name in names:
-        try:  # a registered op, or a plugin op that imports and fits (ablate.ops)
-            OPS.validate(name)
-        except (ValueError, TypeError) as error:
-            raise SpecError(source, where, str(error)) from None
+        if name not in AUGMENTATION_OPS:
+            hint = difflib.get_close_matches(str(name), AUGMENTATION_OPS, n=1)
+            did = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise SpecError(
+                source,
+                where,
+                f"unknown augmentation {name!r}{did} Valid: {', '.join(AUGMENTATION_OPS)}",
+            )
         if unique and name in seen:
             raise SpecError(source, where, f"{name!r} is listed twice")
         seen.add(name)
@@ -807,47 +838,50 @@ def op_pairs(ops: Sequence[str]) -> list[list[str]]:
     return singles + pairs
 
 
-def _check_optuna(spec: SweepSpec, source: str) -> None:
+def _check_proposing(spec: SweepSpec, source: str) -> None:
+    """The rules of a searcher that proposes one configuration per trial (optuna, a plugin)."""
+    name = spec.algorithm.name
     for key, values in spec.space.items():
         if values.kind() in _ENUMERATED:
             raise SpecError(
                 source,
                 f"space.{key}.{values.kind()}",
-                "optuna proposes one configuration per trial; use `choice` for categorical "
+                f"{name} proposes one configuration per trial; use `choice` for categorical "
                 "values, or algorithm grid/random to enumerate",
             )
     if spec.together:
-        raise SpecError(source, "together", "is not supported with optuna; use grid or random")
+        raise SpecError(source, "together", f"is not supported with {name}; use grid or random")
     if spec.replicates != 1:
         raise SpecError(
             source,
             "replicates",
-            "optuna proposes a new configuration per trial; repeat the best ones with a grid "
+            f"{name} proposes a new configuration per trial; repeat the best ones with a grid "
             "sweep and replicates afterwards",
         )
     if not spec.space:
-        raise SpecError(source, "space", "optuna needs at least one swept key")
+        raise SpecError(source, "space", f"{name} needs at least one swept key")
 
 
 def _validate_sampled_corners(
     spec: SweepSpec, base: dict[str, Any], sampled: dict[str, ParamValues], source: str
 ) -> None:
-    """Optuna draws at run time: validate the configuration at each range's lo and hi."""
+    """The searcher draws at run time: validate the configuration at each range's lo and hi."""
     lows = {k: _values_to_check(v)[0] for k, v in sampled.items()}
     highs = {k: _values_to_check(v)[-1] for k, v in sampled.items()}
     for corner in (lows, highs):
-        _validate_config(base, corner, 0, source, spec)
+        _planned_trial(base, corner, 0, source, spec)
 
 
 def _expand(
     spec: SweepSpec, base: dict[str, Any], sampled: dict[str, ParamValues], source: str
-) -> list[dict[str, Any]]:
-    """Every trial's param dict, validated, in run order.
+) -> list[PlannedTrial]:
+    """Every trial, validated, in run order.
 
     Replicates outermost (a partial sweep already covers every configuration once), except
-    under ``scheduler: asha`` with ``replicates > 1``: then configuration-major (a
-    configuration's replicates next to each other), because ``ReplicateASHA`` judges a
-    configuration's seeds together at each rung and needs them to run at the same time.
+    under a scheduler that judges configurations (``asha``) with ``replicates > 1``: then
+    configuration-major (a configuration's replicates next to each other), because
+    ``ReplicateASHA`` judges a configuration's seeds together at each rung and needs them to
+    run at the same time.
     """
     axes: list[tuple[str, list[Any]]] = []
     for key, values in spec.space.items():
@@ -863,16 +897,17 @@ def _expand(
         for entry in together:
             grid.append({**dict(zip((k for k, _ in axes), combo, strict=True)), **entry})
     rng = np.random.default_rng(spec.algorithm.seed)
-    samples = spec.algorithm.num_samples if spec.algorithm.name == "random" else 1
+    samples = spec.algorithm.num_samples if _expands(spec) == "random" else 1
     configurations: list[dict[str, Any]] = []
     for _ in range(samples):
         for point in grid:
             drawn = {key: draw(values, rng) for key, values in sampled.items()}
             configurations.append(_in_spec_order({**point, **drawn}, spec))
     order = [(r, varying) for r in range(spec.replicates) for varying in configurations]
-    if spec.scheduler.name == "asha" and spec.replicates > 1:
+    by_configuration = SCHEDULERS.get(spec.scheduler.name).meta["by_configuration"]
+    if by_configuration and spec.replicates > 1:
         order = [(r, varying) for varying in configurations for r in range(spec.replicates)]
-    return [_validate_config(base, varying, r, source, spec) for r, varying in order]
+    return [_planned_trial(base, varying, r, source, spec) for r, varying in order]
 
 
 def _in_spec_order(varying: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
@@ -894,17 +929,19 @@ def draw(values: ParamValues, rng: np.random.Generator) -> Any:
     return int(rng.integers(int(lo), int(hi) + 1))
 
 
-def _validate_config(
+def _planned_trial(
     base: dict[str, Any], varying: dict[str, Any], replicate: int, source: str, spec: SweepSpec
-) -> dict[str, Any]:
+) -> PlannedTrial:
+    """``base`` <- ``varying`` <- the replicate's seed, validated once as a ``TrialConfig``.
+    Raises ``SpecError`` naming the key and the configuration when the schema refuses it."""
     config = _merged(base, varying)
     config["train"]["seed"] = int(config["train"]["seed"]) + replicate
     try:
-        resolved = TrialConfig.model_validate(config).model_dump(mode="json")
+        resolved = TrialConfig.model_validate(config)
     except ValidationError as error:
         shown = ", ".join(f"{k}={format_value(v)}" for k, v in varying.items()) or "the base"
         raise _schema_error(source, error, prefix="", context=f" (configuration {shown})") from None
-    gpus = resolved["resources"]["gpus_per_worker"]
+    gpus = resolved.resources.gpus_per_worker
     if gpus > 1 and not float(gpus).is_integer():
         key = (
             "space.resources.gpus_per_worker"
@@ -914,32 +951,33 @@ def _validate_config(
         raise SpecError(
             source, key, f"{gpus} GPUs per worker: Ray takes fractions below 1 or whole numbers"
         )
-    return {
-        "config": resolved,
-        "varying": typed_varying(varying, resolved),
-        "replicate": replicate,
-        "sweep": spec.name,
-    }
+    return PlannedTrial(resolved, typed_varying(varying, resolved), replicate, spec.name)
 
 
-def typed_varying(varying: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+def typed_varying(varying: dict[str, Any], resolved: TrialConfig) -> dict[str, Any]:
     """``varying`` with each value as the schema validated it, read from the ``resolved``
-    trial config: ``"1e-1"`` (PyYAML's string) becomes ``0.1`` for a float key, ``3`` becomes
-    ``3.0``, a tuple a list. Trial names, MLflow params and the report then see one type per
-    key. A preset op list keeps its name (``simclr``), as the spec gave it."""
+    trial config (as JSON: ``pydantic_core.to_jsonable_python``): ``"1e-1"`` (PyYAML's
+    string) becomes ``0.1`` for a float key, ``3`` becomes ``3.0``, a tuple a list. Trial
+    names, MLflow params and the report then see one type per key. A preset op list keeps its
+    name (``simclr``), as the spec gave it."""
     typed = {}
     for key, value in varying.items():
+        keep = key in (OPS_KEY, "augment.base") and str(value) in AUGMENTATION_PRESETS
+        if keep:
+            typed[key] = copy.deepcopy(value)
+            continue
         node: Any = resolved
         for part in key.split("."):
-            node = node[part]
-        keep = key in (OPS_KEY, "augment.base") and str(value) in AUGMENTATION_PRESETS
-        typed[key] = copy.deepcopy(value if keep else node)
+            node = getattr(node, part)
+        typed[key] = to_jsonable_python(node)
     return typed
 
 
 def _check_scheduler(sweep: SweepPlan, source: str) -> None:
+    """A scheduler that compares trials at rungs (asha): the first rung is within the epochs,
+    and the kNN monitor has run by then."""
     scheduler = sweep.spec.scheduler
-    if scheduler.name != "asha":
+    if not SCHEDULERS.get(scheduler.name).meta["rungs"]:
         return
     max_t = scheduler.max_t or sweep.max_epochs()
     if scheduler.grace_period > max_t:
@@ -948,7 +986,7 @@ def _check_scheduler(sweep: SweepPlan, source: str) -> None:
             "scheduler.grace_period",
             f"{scheduler.grace_period} exceeds max_t={max_t} epochs; no trial could be stopped",
         )
-    every = max(int(c["eval"]["eval_every"]) for c in sweep.configs())
+    every = max(c.eval.eval_every for c in sweep.configs())
     if every > scheduler.grace_period:
         raise SpecError(
             source,
@@ -1131,14 +1169,14 @@ def _unknown_key(key: str, valid: Sequence[str], scope: str) -> str:
 # ----------------------------------------------------------------------------- resources
 
 
-def trial_resources(config: dict[str, Any]) -> dict[str, float]:
+def trial_resources(config: TrialConfig) -> dict[str, float]:
     """The worker group of one trial: workers, CPUs and GPUs in total and per worker."""
-    res = config["resources"]
-    workers = int(res["num_workers"])
+    res = config.resources
+    workers = int(res.num_workers)
     return {
         "workers": workers,
-        "cpus_per_worker": float(res["cpus_per_worker"]),
-        "gpus_per_worker": float(res["gpus_per_worker"]),
-        "cpus": workers * float(res["cpus_per_worker"]),
-        "gpus": workers * float(res["gpus_per_worker"]),
+        "cpus_per_worker": float(res.cpus_per_worker),
+        "gpus_per_worker": float(res.gpus_per_worker),
+        "cpus": workers * float(res.cpus_per_worker),
+        "gpus": workers * float(res.gpus_per_worker),
     }

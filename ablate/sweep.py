@@ -21,9 +21,10 @@ can hold one trial's worker group (``preflight.check_cluster``), runs every tria
   (``ablate.placement``, in place of Train's per-trial ``PlacementGroupCleaner``) removes the
   worker placement group. Without a scheduler that stops trials (``fifo``) a trial's Tune actor
   is reused for the next trial (``reuse_trial_actors``).
-* Optuna: ``OptunaTrials`` wraps ``OptunaSearch`` so that per-epoch values are reported with
-  ``step = epoch`` and trials that ASHA stopped early are told to Optuna as *pruned*:
-  ``OptunaSearch`` alone would record an early-stopped trial as COMPLETE with its early score.
+* The searcher and scheduler are those ``algorithm.name`` and ``scheduler.name`` name
+  (``ablate.searchers``: built-ins or a user's ``module.path:factory``); each trial's param
+  dict is the plain form of its ``ablate.trialrecord.PlannedTrial``, made at Tune's boundary.
+  Each returned trial becomes one ``ablate.trialrecord.TrialRecord`` (``trial_records``).
 
 Results: ``<storage>/<sweep>/`` holds Tune's experiment, ``train/<trial_id>/`` each trial's Train
 run (checkpoints, so a retried or resumed trial continues), ``plan.json`` (the planned trials,
@@ -35,28 +36,26 @@ ranking rule are ``ablate.vocabulary``'s and ``ablate.stats``'s.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import os
-import pickle
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import Searcher
 
 from ablate import data as data_lib
 from ablate import driverlock, placement, preflight, relay, stats, trialrecord, vocabulary
 from ablate.config import DataConfig
+from ablate.searchers import build_scheduler, build_searcher
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
+from ablate.trialrecord import TrialRecord, planned_key
 from ablate.vocabulary import format_value
 
 # ----------------------------------------------------------------------------- errors
@@ -124,131 +123,6 @@ def _trial_name(trial: Any) -> str:
 
 def _data_key(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True)
-
-
-# ----------------------------------------------------------------------------- searchers
-
-
-class PlannedTrials(Searcher):
-    """Hands Tune the sweep's precomputed trials (grid and random), in order, then finishes."""
-
-    def __init__(self, params: list[dict[str, Any]], metric: str, mode: str) -> None:
-        super().__init__(metric=metric, mode=mode)
-        self._params = params
-        self._next = 0
-
-    def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
-        return True  # metric, mode and the trials all come from the spec
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self._next >= len(self._params):
-            return Searcher.FINISHED
-        param = copy.deepcopy(self._params[self._next])
-        self._next += 1
-        return param
-
-    def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump({"next": self._next}, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self._next = pickle.load(file)["next"]
-
-
-class OptunaTrials(Searcher):
-    """Optuna (TPE) proposes the sampled keys; every trial gets the sweep's full param dict.
-
-    ASHA-stopped trials reach ``on_trial_complete`` with their last (early) result; they are
-    passed on as *pruned* (with their per-epoch values, which TPE ranks below completed trials),
-    never as completed with an early score. Diverged trials are pruned too (their carried-forward
-    kNN score predates the divergence); errored ones fail. Only trials that ran every epoch are
-    COMPLETE.
-    """
-
-    def __init__(self, plan: SweepPlan) -> None:
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        super().__init__(metric=plan.metric, mode=plan.mode)
-        self._plan = plan
-        self._labels: dict[str, dict[str, Any]] = {}
-        space: dict[str, Any] = {}
-        for key, values in plan.sampled.items():
-            kind = values.kind()
-            if kind == "choice":
-                labels = {format_value(v): v for v in values.choice or []}
-                self._labels[key] = labels
-                space[key] = optuna.distributions.CategoricalDistribution(list(labels))
-            elif kind == "randint":
-                lo, hi = values.randint  # type: ignore[misc]
-                space[key] = optuna.distributions.IntDistribution(int(lo), int(hi))
-            else:
-                lo, hi = getattr(values, kind)
-                space[key] = optuna.distributions.FloatDistribution(
-                    float(lo), float(hi), log=kind == "loguniform"
-                )
-        self._optuna = OptunaSearch(
-            space=space,
-            metric=plan.metric,
-            mode=plan.mode,
-            sampler=optuna.samplers.TPESampler(seed=plan.spec.algorithm.seed),
-        )
-        self._epochs: dict[str, int] = {}
-        self._steps: dict[str, int] = {}
-
-    def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
-        return True
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        suggested = self._optuna.suggest(trial_id)
-        if not isinstance(suggested, dict):
-            return suggested
-        varying = {
-            key: self._labels[key][value] if key in self._labels else value
-            for key, value in suggested.items()
-        }
-        param = self._plan.make_param(varying)
-        self._epochs[trial_id] = int(param["config"]["train"]["epochs"])
-        return param
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        value, epoch = result.get(self.metric), result.get("epoch")
-        if epoch is None or value is None or not math.isfinite(value):
-            return
-        if epoch <= self._steps.get(trial_id, 0):  # re-reported after a restore
-            return
-        self._steps[trial_id] = int(epoch)
-        self._optuna.on_trial_result(trial_id, {**result, "training_iteration": int(epoch)})
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-    ) -> None:
-        if trial_id not in self._epochs:
-            return
-        if result and not error:
-            # Tune hands the result a scheduler stopped on to on_trial_complete only.
-            self.on_trial_result(trial_id, result)
-        # OptunaSearch records a trial with no result as FAIL (error) or PRUNED (no error); with
-        # a result it records COMPLETE with the last value, whatever epoch that came from.
-        outcome = vocabulary.trial_outcome(result, self._epochs[trial_id])
-        if error or outcome.status not in vocabulary.COMPARABLE_STATUSES:
-            result = None
-        self._optuna.on_trial_complete(trial_id, result=result, error=error)
-
-    def study(self) -> Any:
-        return self._optuna._ot_study
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -356,12 +230,13 @@ def _share_datasets(plan: SweepPlan) -> dict[str, Any]:
     """
     refs: dict[str, Any] = {}
     for config in plan.configs():
-        data = config["data"]
-        key = _data_key(data)
-        if key in refs or data["name"] == "image_folder":
+        data = config.data
+        # The key tune_trial looks its dataset up by: the JSON of the param dict's data section.
+        key = _data_key(data.model_dump(mode="json"))
+        if key in refs or data.name == "image_folder":
             continue
         try:
-            dataset = data_lib.load_dataset(DataConfig.model_validate(data))
+            dataset = data_lib.load_dataset(data)
         except data_lib.DataError as error:
             raise SpecError(plan.source, "data", str(error)) from None
         _check_batches(plan, data, dataset)
@@ -369,32 +244,35 @@ def _share_datasets(plan: SweepPlan) -> dict[str, Any]:
     return refs
 
 
-def _check_batches(plan: SweepPlan, data: dict[str, Any], dataset: data_lib.Dataset) -> None:
+def _check_batches(plan: SweepPlan, data: DataConfig, dataset: data_lib.Dataset) -> None:
     """Every trial on ``data`` has a batch its pretraining set holds (``preflight.
     check_batch_sizes`` on the loaded set's class counts: for sources whose size preflight could
     not know)."""
     counts = Counter(int(label) for label in dataset.train.labels).values()
-    sizes = data_lib.sizes_from_counts(list(counts), float(data["val_fraction"]))
+    sizes = data_lib.sizes_from_counts(list(counts), float(data.val_fraction))
     preflight.check_batch_sizes(plan, lambda config_data: sizes if config_data == data else None)
 
 
 # ----------------------------------------------------------------------------- summary
 
 
-def trial_records(plan: SweepPlan, results: Any) -> list[dict[str, Any]]:
-    """One dict per Tune trial: its varying values, outcome (``vocabulary.trial_outcome``) and
-    the last value of every metric it reported: the ranking metric, the final evaluations
-    (``vocabulary.FINAL_METRICS``, semi-supervised ones included), the loss and wall time.
+def trial_records(plan: SweepPlan, results: Any) -> list[TrialRecord]:
+    """One ``ablate.trialrecord.TrialRecord`` per Tune trial: its varying values, outcome
+    (``vocabulary.trial_outcome``) and the last value of every metric it reported: the ranking
+    metric, the final evaluations (``vocabulary.FINAL_METRICS``, semi-supervised ones
+    included), the loss and wall time. ``results``: Tune's ``Result`` objects, whose ``config``
+    is the trial's param dict (``PlannedTrial.param``).
 
     The outcome rests on the trial's own record of its epochs
     (``trialrecord.newest_recorded_result``) where that goes further than the last result
     Tune restored: a trial that ran its planned epochs is completed (even if Tune then marked
     it errored). "Stopped" needs a scheduler that stops trials early (ASHA); under FIFO an
     unfinished trial is interrupted."""
-    early_stopping = plan.spec.scheduler.name != "fifo"
+    early_stopping = plan.early_stopping
     records = []
     for result in results:
         param = result.config or {}
+        # The param dict's plain config is read for two numbers, not validated again.
         config = param.get("config") or plan.base
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id") or Path(str(result.path)).name
@@ -408,43 +286,40 @@ def trial_records(plan: SweepPlan, results: Any) -> list[dict[str, Any]]:
         epochs = int(config["train"]["epochs"])
         outcome = vocabulary.trial_outcome(metrics, epochs, errored, early_stopping)
         records.append(
-            {
-                "trial_id": trial_id,
-                "varying": param.get("varying", {}),
-                "replicate": param.get("replicate", 0),
-                "seed": config["train"]["seed"],
-                "status": outcome.status,
-                "epoch": metrics.get("epoch"),
-                "epochs": epochs,
-                "overhead_seconds": metrics.get("overhead_seconds"),
-                "error": vocabulary.error_line(result.error, 300)
+            TrialRecord(
+                trial_id=trial_id,
+                varying=param.get("varying", {}),
+                replicate=param.get("replicate", 0),
+                seed=config["train"]["seed"],
+                status=outcome.status,
+                epoch=metrics.get("epoch"),
+                epochs=epochs,
+                overhead_seconds=metrics.get("overhead_seconds"),
+                error=vocabulary.error_line(result.error, 300)
                 if errored
                 else (metrics.get("reason") or None)
                 if metrics.get("status") == "failed"
                 else None,
-                "metrics": {
+                metrics={
                     k: metrics[k]
                     for k in (plan.metric, *vocabulary.FINAL_METRICS, "train/loss", "wall_seconds")
                     if isinstance(metrics.get(k), (int, float))
                 },
-            }
+            )
         )
     return records
 
 
-def _planned_key(varying: dict[str, Any], replicate: int) -> str:
-    return json.dumps([varying, replicate], sort_keys=True, default=str)
-
-
-def trial_tally(plan: SweepPlan, records: list[dict[str, Any]]) -> dict[str, int]:
+def trial_tally(plan: SweepPlan, records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """The planned trials against those Tune returned: ``planned`` (``plan.num_trials``), the
     count of each outcome (``vocabulary.TRIAL_STATUSES``) and ``missing``, planned trials Tune
-    returned no trial for (matched by varying values and replicate; under optuna, by count)."""
+    returned no trial for (matched by varying values and replicate; when the searcher proposes
+    trials, by count). ``records``: ``TrialRecord`` or their ``summary.json`` entries."""
     tally = {"planned": plan.num_trials}
     tally.update({s: sum(r["status"] == s for r in records) for s in vocabulary.TRIAL_STATUSES})
     if plan.trials:
-        returned = Counter(_planned_key(r["varying"], r["replicate"]) for r in records)
-        planned = Counter(_planned_key(t["varying"], t.get("replicate", 0)) for t in plan.trials)
+        returned = Counter(planned_key(r["varying"], r["replicate"]) for r in records)
+        planned = Counter(t.key() for t in plan.trials)
         tally["missing"] = sum((planned - returned).values())
     else:
         tally["missing"] = max(0, plan.num_trials - len(records))
@@ -525,7 +400,7 @@ def _num_classes(plan: SweepPlan) -> int | None:
     """The most classes of any planned dataset, when known without reading it (else None)."""
     counts = []
     for config in plan.configs():
-        cfg = DataConfig.model_validate(config["data"])
+        cfg = config.data
         if cfg.name == "synthetic":
             counts.append(cfg.num_classes)
         elif cfg.name in data_lib.KNOWN_TRAIN_CLASSES:
@@ -594,31 +469,12 @@ def _overhead(records: list[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- running
 
 
-def _scheduler(plan: SweepPlan) -> Any:
-    """FIFO, or ``ReplicateASHA``: ASHA whose unit of decision is a configuration, so that the
-    replicates of one configuration continue or stop together (``ablate.scheduling``)."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    from ablate.scheduling import ReplicateASHA
-
-    spec = plan.spec.scheduler
-    if spec.name == "fifo":
-        return FIFOScheduler()
-    return ReplicateASHA(
-        time_attr="epoch",
-        max_t=spec.max_t or plan.max_epochs(),
-        grace_period=spec.grace_period,
-        reduction_factor=spec.reduction_factor,
-        replicates=plan.spec.replicates,
-    )
-
-
 def _reporter(plan: SweepPlan) -> Any:
     from ray.tune import CLIReporter
 
     # Only keys every trial has: the best-trial line looks each column up without a default,
     # so a `together` key that some entries leave out would crash the sweep's reporter.
-    keys = [k for k in plan.varying_keys if all(k in t["varying"] for t in plan.trials)]
+    keys = [k for k in plan.varying_keys if all(k in t.varying for t in plan.trials)]
     params = {f"varying/{k}": k.split(".")[-1] for k in keys}
     params["replicate"] = "rep"
     return CLIReporter(
@@ -642,7 +498,7 @@ def reuse_trial_actors(plan: SweepPlan) -> bool:
     fails that trial. Without reuse Tune kills the stopped trial's actor, and its Train
     controller with it.
     """
-    return plan.spec.scheduler.name == "fifo"
+    return not plan.early_stopping
 
 
 def build_tuner(
@@ -681,16 +537,14 @@ def build_tuner(
             resume_unfinished=True,
             resume_errored=True,
         )
-    searcher = OptunaTrials(plan) if plan.spec.algorithm.name == "optuna" else None
-    searcher = searcher or PlannedTrials(plan.trials, plan.metric, plan.mode)
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(
             metric=plan.metric,
             mode=plan.mode,
-            search_alg=searcher,
-            scheduler=_scheduler(plan),
+            search_alg=build_searcher(plan),
+            scheduler=build_scheduler(plan),
             num_samples=plan.num_trials,
             max_concurrent_trials=concurrency,
             reuse_actors=reuse_trial_actors(plan),
@@ -718,7 +572,7 @@ class SweepSummary:
     report: None when tracking is off or it lives in remote storage) and the MLflow store."""
 
     rows: list[dict[str, Any]]
-    trials: list[dict[str, Any]]
+    trials: list[TrialRecord]
     summary_path: str
     report_path: str | None
     tracking_uri: str | None
@@ -805,7 +659,7 @@ def _run_checked(
         callbacks = [
             tracking.MlflowCallback(
                 tracker,
-                early_stopping=plan.spec.scheduler.name != "fifo",
+                early_stopping=plan.early_stopping,
                 train_storage_path=plan.train_storage_path,
             ),
             *callbacks,
@@ -848,7 +702,7 @@ def _run_trials(
     callbacks: Sequence[Any],
     share_data: bool,
     verbose: bool = False,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+) -> tuple[list[dict[str, Any]], list[TrialRecord], str]:
     """Connect to Ray, check the cluster, run the Tuner; write and print the summary.
 
     Unless ``verbose``, the console shows ``ablate.console.SweepConsole``'s view and Ray's own
@@ -868,7 +722,7 @@ def _run_trials(
                 plan.metric,
                 plan.num_trials,
                 plan.max_epochs(),
-                early_stopping=plan.spec.scheduler.name != "fifo",
+                early_stopping=plan.early_stopping,
             )
             return _run_tuner(plan, restore, address, [*callbacks, view], share_data, route=route)
     except SpecError:
@@ -894,7 +748,7 @@ def _run_tuner(
     share_data: bool,
     verbose: bool = False,
     route: Any = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+) -> tuple[list[dict[str, Any]], list[TrialRecord], str]:
     started = connect(address)
     if route is not None:
         route.capture_worker_output()
@@ -926,7 +780,7 @@ def _run_tuner(
         started_at = time.time()
         watch = placement.ReservationWatch(
             janitor,
-            max(float(c["resources"]["schedule_timeout_s"]) for c in plan.configs()),
+            max(c.resources.schedule_timeout_s for c in plan.configs()),
             say=route.say if route is not None else lambda line: print(line, file=sys.stderr),
         ).start()
         try:
@@ -954,7 +808,7 @@ def _run_tuner(
             "wall_seconds": time.time() - started_at,
             "overhead_seconds": _overhead(records),
             "rows": rows,
-            "trials": records,
+            "trials": [record.to_json() for record in records],
         }
         summary_path = f"{plan.experiment_dir}/summary.json"
         _write_text(summary_path, json.dumps(summary, indent=1))

@@ -197,7 +197,7 @@ def _run(scheduler, storage: str, name: str) -> dict[tuple[str, int], int]:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from ablate.sweep import PlannedTrials
+    from ablate.tunesearch import PlannedTrials
 
     scores, epochs = SCORES, EPOCHS
 

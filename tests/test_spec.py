@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ablate import data
-from ablate.config import FIGURE5_OPS, DataConfig
+from ablate.config import FIGURE5_OPS
 from ablate.dryrun import describe_plan, estimate_compute, steps_per_epoch
 from ablate.reference import render_reference
 from ablate.spec import SpecError, SweepPlan, load_sweep, op_pairs, parse_sweep
@@ -60,15 +60,15 @@ def test_shipped_spec_validates_and_dry_run_counts_trials(name, capsys):
 
 def test_figure5_matrix_is_singles_then_ordered_pairs():
     sweep = load_sweep(SPACES / "simclr_fig5_augmentations.yaml")
-    ops = [t["varying"]["augment.ops"] for t in sweep.trials]
+    ops = [t.varying["augment.ops"] for t in sweep.trials]
     assert ops[:7] == [[op] for op in FIGURE5_OPS]
     pairs = ops[7:]
     assert len(pairs) == 42 and len({tuple(p) for p in pairs}) == 42
     assert ["crop", "color"] in pairs and ["color", "crop"] in pairs
     assert all(a != b for a, b in pairs)
     # The paper's protocol: transformations on one branch, identity on the other.
-    assert all(t["config"]["augment"]["mode"] == "asymmetric" for t in sweep.trials)
-    assert all(t["config"]["augment"]["base"] == [] for t in sweep.trials)
+    assert all(t.config.augment.mode == "asymmetric" for t in sweep.trials)
+    assert all(t.config.augment.base == [] for t in sweep.trials)
 
 
 def test_op_pairs_counts():
@@ -78,7 +78,7 @@ def test_op_pairs_counts():
 
 def test_figure8_lists_the_none_head_once_per_seed():
     sweep = load_sweep(SPACES / "simclr_fig8_projection_head.yaml")
-    heads = [t["varying"]["model.head"] for t in sweep.trials]
+    heads = [t.varying["model.head"] for t in sweep.trials]
     assert heads.count("none") == 3  # one configuration x 3 replicates
     assert heads.count("linear") == heads.count("nonlinear") == 21
 
@@ -92,28 +92,26 @@ def test_cifar_specs_use_the_papers_cifar_settings():
 
         optim = RECIPES[sweep.spec.recipe].overrides["optim"]
         for config in sweep.configs():
-            assert config["augment"]["color"]["strength"] == 0.5
-            assert "blur" not in config["augment"]["ops"] or name.startswith("simclr_fig5")
-            assert config["optim"]["name"] == optim["name"]
-            assert config["optim"]["weight_decay"] == optim["weight_decay"]
-            assert config["model"]["stem"] == "cifar"
-            assert config["resources"]["gpus_per_worker"] > 0
+            assert config.augment.color.strength == 0.5
+            assert "blur" not in config.augment.ops or name.startswith("simclr_fig5")
+            assert config.optim.name == optim["name"]
+            assert config.optim.weight_decay == optim["weight_decay"]
+            assert config.model.stem == "cifar"
+            assert config.resources.gpus_per_worker > 0
 
 
 def test_quickstart_is_a_small_cpu_miniature_of_figures_5_and_8():
     sweep = load_sweep(SPACES / "quickstart.yaml")
     assert sweep.num_trials == 6
-    varying = [
-        (tuple(t["varying"]["augment.ops"]), t["varying"]["model.head"]) for t in sweep.trials
-    ]
+    varying = [(tuple(t.varying["augment.ops"]), t.varying["model.head"]) for t in sweep.trials]
     assert {ops for ops, _ in varying} == {("crop",), ("color",), ("crop", "color")}
     assert {head for _, head in varying} == {"linear", "nonlinear"}
     # Every trial runs to the end: crop + colour starts slowly here and ASHA would stop it.
     assert sweep.spec.scheduler.name == "fifo"
     for config in sweep.configs():
-        assert config["data"]["name"] == "synthetic"
-        assert config["resources"]["gpus_per_worker"] == 0
-        assert config["model"]["width"] <= 16
+        assert config.data.name == "synthetic"
+        assert config.resources.gpus_per_worker == 0
+        assert config.model.width <= 16
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -139,15 +137,19 @@ replicates: 2
     )
     assert sweep.num_trials == 2 * 2 * 2
     first = sweep.trials[0]
-    assert first["varying"] == {"model.head": "linear", "train.batch_size": 32, "train.epochs": 2}
-    assert first["config"]["train"]["epochs"] == 2
-    assert sweep.trials[1]["config"]["optim"]["base_lr"] == 0.6
-    assert sweep.trials[1]["config"]["train"]["epochs"] == 3  # the base where not set
+    assert first.varying == {"model.head": "linear", "train.batch_size": 32, "train.epochs": 2}
+    assert first.config.train.epochs == 2
+    assert sweep.trials[1].config.optim.base_lr == 0.6
+    assert sweep.trials[1].config.train.epochs == 3  # the base where not set
     # Replicates outermost: every configuration once with seed 10, then with seed 11.
-    assert [t["replicate"] for t in sweep.trials] == [0] * 4 + [1] * 4
-    assert [t["config"]["train"]["seed"] for t in sweep.trials] == [10] * 4 + [11] * 4
-    assert all(t["sweep"] == "t" for t in sweep.trials)
-    assert set(first) == {"config", "varying", "replicate", "sweep"}
+    assert [t.replicate for t in sweep.trials] == [0] * 4 + [1] * 4
+    assert [t.config.train.seed for t in sweep.trials] == [10] * 4 + [11] * 4
+    assert all(t.sweep == "t" for t in sweep.trials)
+    # Tune's boundary: the param dict, the trial's one plain form (plan.json's entries).
+    param = first.param()
+    assert set(param) == {"config", "varying", "replicate", "sweep"}
+    assert param["config"] == first.config.model_dump(mode="json")
+    assert param["varying"] == first.varying and param["replicate"] == 0
 
 
 def test_random_draws_are_seeded_and_within_ranges():
@@ -165,16 +167,16 @@ algorithm: {name: random, num_samples: 20, seed: 3}
     )
     one, two = sweep_of(text), sweep_of(text)
     assert one.num_trials == 40
-    assert [t["varying"] for t in one.trials] == [t["varying"] for t in two.trials]
+    assert [t.varying for t in one.trials] == [t.varying for t in two.trials]
     other = sweep_of(text, "algorithm.seed=4")
-    assert [t["varying"] for t in other.trials] != [t["varying"] for t in one.trials]
-    lrs = [t["config"]["optim"]["base_lr"] for t in one.trials]
+    assert [t.varying for t in other.trials] != [t.varying for t in one.trials]
+    lrs = [t.config.optim.base_lr for t in one.trials]
     assert all(0.01 <= v <= 1.0 for v in lrs)
     assert min(lrs) < 0.1  # log-uniform: a decade below the middle gets draws
-    assert all(0.1 <= t["config"]["loss"]["temperature"] <= 0.5 for t in one.trials)
-    dims = {t["config"]["model"]["out_dim"] for t in one.trials}
+    assert all(0.1 <= t.config.loss.temperature <= 0.5 for t in one.trials)
+    dims = {t.config.model.out_dim for t in one.trials}
     assert dims == {16, 17, 18}  # randint is inclusive at both ends
-    assert {tuple(t["config"]["augment"]["ops"]) for t in one.trials} == {
+    assert {tuple(t.config.augment.ops) for t in one.trials} == {
         ("crop",),
         ("crop", "color"),
     }
@@ -182,7 +184,7 @@ algorithm: {name: random, num_samples: 20, seed: 3}
 
 def test_grid_enumerates_choice():
     sweep = sweep_of(BASE + "space: {model.head: {choice: [linear, none]}}")
-    assert [t["varying"]["model.head"] for t in sweep.trials] == ["linear", "none"]
+    assert [t.varying["model.head"] for t in sweep.trials] == ["linear", "none"]
 
 
 def test_optuna_plans_no_trials_but_validates_the_range_ends():
@@ -193,9 +195,11 @@ def test_optuna_plans_no_trials_but_validates_the_range_ends():
     )
     assert sweep.trials == [] and sweep.num_trials == 7
     assert "7 trials proposed by Optuna" in describe_plan(sweep)
-    param = sweep.make_param({"optim.base_lr": 0.05})
-    assert param["config"]["optim"]["base_lr"] == 0.05
-    assert param["varying"] == {"optim.base_lr": 0.05}
+    trial = sweep.trial({"optim.base_lr": 0.05})
+    assert trial.config.optim.base_lr == 0.05
+    assert trial.varying == {"optim.base_lr": 0.05} and trial.replicate == 0
+    with pytest.raises(SpecError, match=r"optim\.base_lr"):
+        sweep.trial({"optim.base_lr": -1.0})
     error = error_of(BASE + "space: {train.epochs: {randint: [0, 4]}}" + optuna)
     assert error.key == "space.train.epochs.randint[0]"
 
@@ -254,12 +258,12 @@ space: {model.head: {grid: [linear, nonlinear, none]}}
 def test_dry_run_estimate_counts_the_trials_own_split(overrides):
     """The estimate's pretraining set is the one the trial's class-balanced split keeps."""
     plan = load_sweep(SPACES / "quickstart.yaml", overrides)
-    config = plan.trials[0]["config"]
-    cfg = DataConfig.model_validate(config["data"])
+    config = plan.trials[0].config
+    cfg = config.data
     labels = data.load_dataset(cfg).train.labels  # decoded, as a trial does
     train_idx, val_idx = data.train_val_split(labels, cfg.val_fraction, cfg.seed)
     assert data.split_sizes(cfg) == (len(train_idx), len(val_idx))
-    workers, batch = config["resources"]["num_workers"], config["train"]["batch_size"]
+    workers, batch = config.resources.num_workers, config.train.batch_size
     expected = (len(train_idx) // workers) // (batch // workers)
     assert steps_per_epoch(config) == expected
     if not overrides:
@@ -282,7 +286,7 @@ def test_overrides_set_base_and_spec_keys():
     assert sweep.base["train"]["epochs"] == 5
     assert sweep.base["augment"]["ops"] == ["crop", "color"]
     assert sweep.num_trials == 2
-    assert {t["varying"]["model.head"] for t in sweep.trials} == {"none"}
+    assert {t.varying["model.head"] for t in sweep.trials} == {"none"}
     assert sweep.spec.scheduler.name == "asha"
 
 

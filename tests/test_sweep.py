@@ -25,8 +25,11 @@ from ablate.preflight import (
     max_concurrent_trials,
     worker_slots,
 )
+from ablate.searchers import build_scheduler
 from ablate.spec import SpecError, parse_sweep
-from ablate.sweep import OptunaTrials, PlannedTrials, format_summary, summarize, trial_records
+from ablate.sweep import format_summary, summarize, trial_records
+from ablate.trialrecord import TrialRecord
+from ablate.tunesearch import OptunaTrials, PlannedTrials
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -112,15 +115,18 @@ def record(head: str, seed: int, status: str, knn: float, probe: float | None = 
     metrics = {"val/knn_top1": knn}
     if probe is not None:
         metrics["test/probe_top1"] = probe
-    return {
-        "trial_id": f"{head}{seed}",
-        "varying": {"model.head": head},
-        "replicate": seed,
-        "status": status,
-        "epoch": 3 if status == "completed" else 1,
-        "overhead_seconds": 1.0,
-        "metrics": metrics,
-    }
+    return TrialRecord(
+        trial_id=f"{head}{seed}",
+        varying={"model.head": head},
+        replicate=seed,
+        seed=seed,
+        status=status,
+        epoch=3 if status == "completed" else 1,
+        epochs=3,
+        overhead_seconds=1.0,
+        error=None,
+        metrics=metrics,
+    )
 
 
 def test_summary_ranks_groups_by_their_completed_replicates():
@@ -158,7 +164,7 @@ def test_summary_and_closing_table_include_semi_supervised_metrics(tmp_path):
     from ray.tune import Result
 
     sweep = sweep_of("name: t\nspace: {model.head: {grid: [linear]}}", storage=tmp_path)
-    param = sweep.trials[0]
+    trial = sweep.trials[0]
     final = {
         "val/knn_top1": 0.8,
         "val/probe_top1": 0.7,
@@ -166,16 +172,20 @@ def test_summary_and_closing_table_include_semi_supervised_metrics(tmp_path):
         "val/semi_top1": 0.61,
         "test/semi_top1": 0.6,
     }
-    epochs = param["config"]["train"]["epochs"]
     result = Result(
-        metrics={"config": param, "epoch": epochs, "status": "completed", **final},
+        metrics={"config": trial.param(), "epoch": trial.epochs, "status": "completed", **final},
         checkpoint=None,
         error=None,
         path=str(tmp_path / "t" / "trial0"),
     )
     records = trial_records(sweep, [result])
-    assert records[0]["status"] == "completed"
-    assert records[0]["metrics"]["test/semi_top1"] == 0.6
+    assert records[0].status == "completed" and records[0].epochs == trial.epochs
+    assert records[0].metrics["test/semi_top1"] == 0.6
+    assert records[0].to_json() == dict(records[0])  # summary.json's entry, key for key
+    assert list(records[0].to_json()) == [
+        "trial_id", "varying", "replicate", "seed", "status", "epoch", "epochs",
+        "overhead_seconds", "error", "metrics",
+    ]  # fmt: skip
     rows = summarize(sweep, records)
     assert rows[0]["metrics"]["val/semi_top1"]["mean"] == pytest.approx(0.61)
     assert rows[0]["metrics"]["test/semi_top1"]["mean"] == pytest.approx(0.6)
@@ -191,12 +201,13 @@ def test_summary_and_closing_table_include_semi_supervised_metrics(tmp_path):
 
 def test_planned_trials_hands_out_the_plan_then_finishes(tmp_path):
     sweep = sweep_of("name: t\nspace: {model.head: {grid: [none, linear]}}\nreplicates: 2")
-    searcher = PlannedTrials(sweep.trials, sweep.metric, sweep.mode)
-    assert searcher.suggest("a") == sweep.trials[0]
+    params = [t.param() for t in sweep.trials]
+    searcher = PlannedTrials(params, sweep.metric, sweep.mode)
+    assert searcher.suggest("a") == params[0]
     searcher.save(str(tmp_path / "state"))
-    restored = PlannedTrials(sweep.trials, sweep.metric, sweep.mode)
+    restored = PlannedTrials(params, sweep.metric, sweep.mode)
     restored.restore(str(tmp_path / "state"))
-    assert [restored.suggest(x) for x in "bcd"] == sweep.trials[1:]
+    assert [restored.suggest(x) for x in "bcd"] == params[1:]
     assert restored.suggest("e") == "FINISHED"
 
 
@@ -205,7 +216,6 @@ def test_asha_is_replicate_aware_and_runs_a_configurations_seeds_together():
     trials are configuration-major so a configuration's seeds run (and are judged) together;
     fifo keeps replicates outermost. The order is a function of the spec (plan.json stable)."""
     from ablate.scheduling import ReplicateASHA, group_key
-    from ablate.sweep import _scheduler
 
     text = (
         "name: t\ntrain: {epochs: 9}\nreplicates: 3\n"
@@ -213,20 +223,20 @@ def test_asha_is_replicate_aware_and_runs_a_configurations_seeds_together():
         "scheduler: {name: asha, grace_period: 2, reduction_factor: 3}"
     )
     asha = sweep_of(text)
-    scheduler = _scheduler(asha)
+    scheduler = build_scheduler(asha)
     assert isinstance(scheduler, ReplicateASHA)
     assert scheduler.rungs == [2, 6]  # grace 2 x 3^k below max_t = train.epochs = 9
     assert scheduler._replicates == 3 and scheduler._max_t == 9
-    assert [(t["varying"]["model.head"], t["replicate"]) for t in asha.trials] == [
+    assert [(t.varying["model.head"], t.replicate) for t in asha.trials] == [
         ("none", 0), ("none", 1), ("none", 2), ("linear", 0), ("linear", 1), ("linear", 2)
     ]  # fmt: skip
-    groups = [group_key(t, str(i)) for i, t in enumerate(asha.trials)]
+    groups = [group_key(t.param(), str(i)) for i, t in enumerate(asha.trials)]
     assert len(set(groups[:3])) == 1 and len(set(groups)) == 2
     assert sweep_of(text).plan_json() == asha.plan_json()
     fifo = sweep_of(text, "scheduler.name=fifo")
-    assert [t["replicate"] for t in fifo.trials] == [0, 0, 1, 1, 2, 2]
-    assert type(_scheduler(fifo)).__name__ == "FIFOScheduler"
-    assert _scheduler(sweep_of(text, "scheduler.max_t=4"))._max_t == 4
+    assert [t.replicate for t in fifo.trials] == [0, 0, 1, 1, 2, 2]
+    assert type(build_scheduler(fifo)).__name__ == "FIFOScheduler"
+    assert build_scheduler(sweep_of(text, "scheduler.max_t=4"))._max_t == 4
 
 
 def test_optuna_learns_early_stopped_trials_as_pruned():
