@@ -34,7 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import to_jsonable_python
 
 from ablate.config import (
-    AUGMENTATION_OPS,
     AUGMENTATION_PRESETS,
     MAX_EPOCHS,
     MAX_SEED,
@@ -42,6 +41,7 @@ from ablate.config import (
     TypedModel,
     set_dotted,
 )
+from ablate.ops import OPS
 from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
 from ablate.recipes import merge as merge_sections
 from ablate.searchers import SCHEDULERS, SEARCHERS, names_text
@@ -815,14 +815,10 @@ def _values_to_check(values: ParamValues) -> list[Any]:
 def _check_op_names(names: Iterable[str], source: str, where: str, unique: bool = True) -> None:
     seen: set[str] = set()
     for name in names:
-        if name not in AUGMENTATION_OPS:
-            hint = difflib.get_close_matches(str(name), AUGMENTATION_OPS, n=1)
-            did = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise SpecError(
-                source,
-                where,
-                f"unknown augmentation {name!r}{did} Valid: {', '.join(AUGMENTATION_OPS)}",
-            )
+        try:  # a registered op, or a plugin op that imports and fits (ablate.ops)
+            OPS.validate(name)
+        except (ValueError, TypeError) as error:
+            raise SpecError(source, where, str(error)) from None
         if unique and name in seen:
             raise SpecError(source, where, f"{name!r} is listed twice")
         seen.add(name)
