@@ -19,15 +19,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from ablate.config import DataConfig
-from ablate.data import DataError, check_export_target, export_parquet, load_dataset
+from ablate.data import SOURCES, DataError, check_export_target, export_parquet, load_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m entrypoints.export_dataset", description=__doc__.split("\n\n")[0]
     )
-    names = DataConfig.model_fields["name"].annotation.__args__  # type: ignore[union-attr]
-    parser.add_argument("--source", required=True, choices=names, help="data.name to export")
+    parser.add_argument(
+        "--source", required=True, choices=SOURCES.names(), help="data.name to export"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--root", help="cifar10/cifar100/stl10/image_folder: data.root")
     parser.add_argument("--no-download", action="store_true", help="never download")

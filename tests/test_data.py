@@ -23,6 +23,7 @@ from ablate.config import DataConfig
 from ablate.data import (
     DataError,
     channel_stats,
+    decode,
     export_parquet,
     labelled_subset,
     load_dataset,
@@ -30,6 +31,8 @@ from ablate.data import (
     synthetic_images,
     train_val_split,
 )
+from ablate.data.cache import write_cache
+from ablate.data.sources import parquet as parquet_source
 from entrypoints import export_dataset
 
 # ----------------------------------------------------------------------------- helpers
@@ -661,7 +664,8 @@ def test_cache_returns_identical_memory_maps_without_decoding_again(
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache holds the arrays")
 
-    monkeypatch.setattr(data, "decode_images", no_decoding)
+    # Parquet decodes through the name its module imported.
+    monkeypatch.setattr(parquet_source, "decode_images", no_decoding)
     second = load_dataset(cfg, cache_dir=cache)
     for ds in (first, second):
         assert isinstance(ds.train.images, np.memmap) and not ds.train.images.flags.writeable
@@ -684,7 +688,7 @@ def test_cache_write_race_keeps_one_complete_entry(tmp_path: Path) -> None:
     ds = load_dataset(cfg)
     entry = tmp_path / data.cache_key(cfg, [])
     for _ in range(2):  # the second writer finds the entry in place and discards its copy
-        data._write_cache(entry, ds.train, ds.test, ds.class_names, ds.mean, ds.std, cfg)
+        write_cache(entry, ds.train, ds.test, ds.class_names, ds.mean, ds.std, cfg)
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]
     np.testing.assert_array_equal(
         load_dataset(cfg, cache_dir=tmp_path).train.images, ds.train.images
@@ -767,7 +771,7 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
             loaded["parquet"] = load_dataset(
                 one_file_parquet(tmp_path / kind / "parquet", [content, content])
             ).train.images
-            loaded["pillow"] = data._decode_with_pillow(content)[None]  # no torchvision build
+            loaded["pillow"] = decode._decode_with_pillow(content)[None]  # no torchvision build
         for path, images in loaded.items():
             assert images.shape[1:] == (4, 256, 3), (kind, path)
             for image in images:
@@ -789,7 +793,7 @@ def test_empty_image_bytes_name_the_file_or_row(tmp_path: Path) -> None:
     null = one_file_parquet(tmp_path / "null", [good, None])
     with pytest.raises(DataError, match=r"row 1 of .*set\.parquet: the image is null"):
         load_dataset(null)
-    assert data._decode_with_pillow(good).shape == (8, 8, 3)
+    assert decode._decode_with_pillow(good).shape == (8, 8, 3)
 
 
 def test_a_constant_channel_is_floored_not_divided_by_zero(tmp_path: Path) -> None:
@@ -835,11 +839,11 @@ def test_exif_orientation_is_applied_in_every_decode_path(tmp_path: Path) -> Non
         one_class_folder(tmp_path / "folder", {"0.jpg": rotated, "1.jpg": rotated})
     )
     parquet = load_dataset(one_file_parquet(tmp_path / "parquet", [rotated, rotated, rotated]))
-    pillow = data._decode_with_pillow(rotated)[None]
+    pillow = decode._decode_with_pillow(rotated)[None]
     for name, images in (("folder", folder.train.images), ("parquet", parquet.train.images)):
         assert images.shape[1:] == (32, 16, 3), name
     for image in [*folder.train.images, *parquet.train.images, *pillow]:
         assert image[:8, 8:].min() > 200 and image[8:].max() < 60 and image[:8, :8].max() < 60
     plain = load_dataset(one_class_folder(tmp_path / "plain", {"0.jpg": upright}))
     assert plain.train.images.shape[1:] == (16, 32, 3)
-    assert data._decode_with_pillow(upright).shape == (16, 32, 3)
+    assert decode._decode_with_pillow(upright).shape == (16, 32, 3)
