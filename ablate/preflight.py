@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate import data, driverlock
+from ablate import data, driverlock, plugins
 from ablate.config import ConfigurationError, DataConfig
 from ablate.searchers import (
     SCHEDULERS,
@@ -61,6 +61,7 @@ def check(plan: SweepPlan, resume: bool = False) -> Preflight:
     check_data_sources(plan)
     check_batch_sizes(plan)
     check_components(plan)
+    plugins.check(plan)
     lock = take_driver_lock(plan)
     try:
         restore = check_experiment_dir(plan, resume, lock)

@@ -51,7 +51,16 @@ import ray
 from ray import tune
 
 from ablate import data as data_lib
-from ablate import driverlock, placement, preflight, relay, stats, trialrecord, vocabulary
+from ablate import (
+    driverlock,
+    placement,
+    plugins,
+    preflight,
+    relay,
+    stats,
+    trialrecord,
+    vocabulary,
+)
 from ablate.config import DataConfig
 from ablate.searchers import build_scheduler, build_searcher
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
@@ -128,16 +137,18 @@ def _data_key(data: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- cluster
 
 
-def connect(address: str | None = None) -> bool:
+def connect(address: str | None = None, runtime_env: dict[str, Any] | None = None) -> bool:
     """Join ``address`` / ``$RAY_ADDRESS`` or start a local Ray on 127.0.0.1.
 
-    Returns True when this call started (and so should shut down) the connection.
+    ``runtime_env``: the job's runtime env when joining a cluster (``ablate.plugins.runtime_env``:
+    the plan's plugin modules). Returns True when this call started (and so should shut down)
+    the connection.
     """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **({"runtime_env": runtime_env} if runtime_env else {}))
     else:
         start_local_ray()
     return True
@@ -749,7 +760,7 @@ def _run_tuner(
     verbose: bool = False,
     route: Any = None,
 ) -> tuple[list[dict[str, Any]], list[TrialRecord], str]:
-    started = connect(address)
+    started = connect(address, plugins.runtime_env(plan, address))
     if route is not None:
         route.capture_worker_output()
     try:

@@ -218,3 +218,21 @@ def test_distributed_losses_equal_single_process_on_whole_batch(tmp_path):
         # the halves alone (no global negatives) would give a different loss
         local_only = build_loss(LossConfig(name=name, **param))(z1[: n // 2], z2[: n // 2])
         assert not torch.allclose(per_rank[0][name][0], local_only)
+
+
+def test_build_loss_takes_a_plugin_factory_and_holds_it_to_a_module(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "user_losses.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Align(nn.Module):\n"
+        "    def __init__(self, t):\n        super().__init__()\n        self.t = t\n"
+        "    def forward(self, z1, z2):\n"
+        "        return -(nn.functional.cosine_similarity(z1, z2) / self.t).mean()\n\n"
+        "def align(cfg):\n    return Align(cfg.temperature)\n\n"
+        "def not_a_module(cfg):\n    return lambda z1, z2: (z1 - z2).sum()\n"
+    )
+    loss = build_loss(LossConfig(name="user_losses:align", temperature=0.5))
+    z = torch.randn(4, 8)
+    assert loss(z, z).item() == pytest.approx(-2.0)
+    with pytest.raises(TypeError, match=r"not a torch\.nn\.Module"):
+        build_loss(LossConfig(name="user_losses:not_a_module"))

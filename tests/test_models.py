@@ -156,3 +156,95 @@ def test_sync_batchnorm_is_a_no_op_without_several_workers():
     model = build_model(ModelConfig(width=8, sync_batchnorm=True))
     assert convert_sync_batchnorm(model, ModelConfig(sync_batchnorm=True)) is model
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- ViT and the protocol
+
+TINY_VIT = {"patch_size": 4, "dim": 32, "depth": 2, "heads": 4}
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_vit_shapes_and_feat_dim(pool):
+    from ablate.encoders import Encoder
+
+    encoder = build_encoder(ModelConfig(arch="vit_tiny", vit={**TINY_VIT, "pool": pool})).eval()
+    assert isinstance(encoder, Encoder) and encoder.feat_dim == 32
+    with torch.no_grad():
+        assert encoder(torch.randn(3, 3, 16, 16)).shape == (3, 32)
+        assert encoder(torch.randn(2, 3, 32, 24)).shape == (2, 32)  # any side the patch divides
+    with pytest.raises(ValueError, match=r"model.vit.patch_size=4 must divide.*18x18"):
+        encoder(torch.randn(1, 3, 18, 18))
+
+
+def test_vit_defaults_are_vit_tiny():
+    from ablate.vit import ViTEncoder
+
+    encoder = build_encoder(ModelConfig(arch="vit_tiny"))
+    assert isinstance(encoder, ViTEncoder) and encoder.feat_dim == 192 and len(encoder.blocks) == 12
+    # ViT-Ti: about 5.5 M parameters (DeiT's table: 5M, with its 16-px patches and 1000 classes)
+    assert 5.2e6 < sum(p.numel() for p in encoder.parameters()) < 5.8e6
+
+
+def test_vit_tokens_see_each_other_and_their_position():
+    """Attention mixes patches (a change in one patch moves h) and the position embedding makes
+    h depend on where a patch is (swapping two patches moves h)."""
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelConfig(arch="vit_tiny", vit=TINY_VIT)).eval()
+    x = torch.rand(1, 3, 16, 16)
+    changed, swapped = x.clone(), x.clone()
+    changed[..., :4, :4] = 0.0
+    swapped[..., :4, :4], swapped[..., 12:, 12:] = x[..., 12:, 12:], x[..., :4, :4]
+    with torch.no_grad():
+        h, h_changed, h_swapped = encoder(torch.cat([x, changed, swapped]))
+    assert not torch.allclose(h, h_changed, atol=1e-5)
+    assert not torch.allclose(h, h_swapped, atol=1e-5)
+
+
+def test_vit_dim_must_fit_heads_and_the_position_embedding():
+    with pytest.raises(ValueError, match=r"multiple of 4.*heads=3"):
+        ModelConfig(arch="vit_tiny", vit={"dim": 32, "heads": 3})
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ModelConfig(arch="vit_tiny", vit={"dim": 30, "heads": 2})
+
+
+def test_vit_one_training_step_reaches_every_parameter():
+    from ablate.augment import build_pipeline
+    from ablate.config import AugmentConfig, LossConfig, OptimConfig
+    from ablate.loss import build_loss
+    from ablate.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="vit_tiny", vit=TINY_VIT, out_dim=16, head="nonlinear"))
+    optimizer = build_optimizer(model, OptimConfig(name="adamw", base_lr=1e-3), batch_size=8)
+    loss_fn = build_loss(LossConfig())
+    views = build_pipeline(AugmentConfig(ops=["crop", "color"]), (0.5,) * 3, (0.25,) * 3)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    v1, v2 = views(images, torch.Generator().manual_seed(0))
+    (_, z1), (_, z2) = model(v1), model(v2)
+    loss = loss_fn(z1, z2)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad
+    optimizer.step()
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with torch.no_grad():
+        assert loss_fn(model(v1)[1], model(v2)[1]) < loss  # the step lowered this batch's loss
+
+
+def test_plugin_encoder_is_built_and_held_to_the_protocol(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "user_nets.py").write_text(
+        "from torch import nn\n\n"
+        "class Pool(nn.Module):\n"
+        "    feat_dim = 3\n"
+        "    def forward(self, x):\n"
+        "        return x.mean(dim=(2, 3))\n\n"
+        "def pooled(cfg):\n    return Pool()\n\n"
+        "def featureless(cfg):\n    return nn.Flatten()\n"
+    )
+    model = build_model(ModelConfig(arch="user_nets:pooled", head="linear", out_dim=4))
+    h, z = model(torch.rand(2, 3, 8, 8))
+    assert h.shape == (2, 3) and z.shape == (2, 4)
+    with pytest.raises(TypeError, match=r"not an encoder.*feat_dim"):
+        build_encoder(ModelConfig(arch="user_nets:featureless"))
