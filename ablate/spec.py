@@ -151,7 +151,10 @@ class AlgorithmSpec(_SpecModel):
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
-        return SEARCHERS.validate(value)
+        try:
+            return SEARCHERS.validate(value)
+        except TypeError as error:  # a plugin that is no factory: pydantic reports ValueErrors
+            raise ValueError(str(error)) from None
 
 
 class SchedulerSpec(_SpecModel):
@@ -190,7 +193,10 @@ class SchedulerSpec(_SpecModel):
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
-        return SCHEDULERS.validate(value)
+        try:
+            return SCHEDULERS.validate(value)
+        except TypeError as error:  # a plugin that is no factory: pydantic reports ValueErrors
+            raise ValueError(str(error)) from None
 
     @field_validator("metric")
     @classmethod
