@@ -267,7 +267,9 @@ def test_a_driver_joining_a_cluster_ships_its_plugin_to_the_workers(ray_cluster,
 def test_example_sweep_runs_the_users_op_on_the_workers(ray_cluster, tmp_path):
     from ablate.sweep import run_sweep
 
-    run_sweep(EXAMPLE, overrides=[*TINY, f"storage.path={tmp_path}"])
+    # With MLflow on, as a user runs it: the op's name and parameters become run params.
+    overrides = [o for o in TINY if not o.startswith("tracking.")]
+    run_sweep(EXAMPLE, overrides=[*overrides, f"storage.path={tmp_path}"])
     summary = json.loads((tmp_path / "my_op" / "summary.json").read_text())
     trials = {tuple(t["varying"]["augment.ops"]): t for t in summary["trials"]}
     baseline, solarized = trials[("crop", "color")], trials[("crop", "color", SOLARIZE)]
@@ -280,3 +282,11 @@ def test_example_sweep_runs_the_users_op_on_the_workers(ray_cluster, tmp_path):
     assert augment["params"] == {SOLARIZE: {"p": 0.5, "threshold": 0.5}}
     # Same seed, same data, same everything else: only the op can make the training differ.
     assert baseline["metrics"]["train/loss"] != solarized["metrics"]["train/loss"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("my_op")
+    logged = [r.data.params for r in client.search_runs([experiment.experiment_id])]
+    key = f"augment.params.{SOLARIZE}.threshold"
+    assert [p[key] for p in logged if SOLARIZE in p.get("augment.ops", "")] == ["0.5"]
+    assert (tmp_path / "my_op" / "report" / "summary.md").is_file()
