@@ -65,6 +65,10 @@ from ablate.config import DataConfig
 from ablate.searchers import build_scheduler, build_searcher
 from ablate.spec import SpecError, SweepPlan, load_sweep, parse_sweep
 from ablate.trialrecord import TrialRecord, planned_key
+
+# Their former home: the Tuner and searcher state of a sweep started before they moved to
+# ablate.tunesearch pickle them by this path, and --resume unpickles that state.
+from ablate.tunesearch import OptunaTrials, PlannedTrials  # noqa: F401
 from ablate.vocabulary import format_value
 
 # ----------------------------------------------------------------------------- errors
