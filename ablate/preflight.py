@@ -2,16 +2,19 @@
 naming the file and dotted key (the entrypoint's exit status 2), raised before Ray starts or
 anything is written.
 
-``check(plan, resume)`` runs them all, once, in order: the storage path; the sweep's driver
-lock (``ablate.driverlock``: ``<storage>/<sweep>/driver.lock``, the one thing written here, so
+``check(plan, resume)`` runs them all, once, in order: the storage path; the data sources (via
+``ablate.data.check_sources``, which decodes nothing) and every trial's batch against them; a
+user's searcher or scheduler (``check_components``: its factory builds the Tune object its
+key needs) and plugin components (``ablate.plugins.check``); the sweep's driver lock
+(``ablate.driverlock``: ``<storage>/<sweep>/driver.lock``, the one thing written here, so
 that a second driver of the same sweep is refused and the next check cannot race another
-driver's start); the data sources (via ``ablate.data.check_sources``, which decodes nothing);
-the sweep's results directory (refused unless ``--resume``; on resume, a changed or damaged
-``plan.json`` is refused and Tune's saved experiment state is checked, ``ablate.tunestate``)
-and, when tracking is on, whether the MLflow store answers (``ablate.tracking``, imported only
-then: it imports Ray). Its ``Preflight`` says what the sweep needs to go on and holds the lock,
-which a failed check releases. The cluster's resources are known only once Ray is
-connected: ``check_cluster`` holds that rule, and ``ablate.sweep`` calls it with Ray's node list.
+driver's start); the sweep's results directory (refused unless ``--resume``; on resume, a
+changed or damaged ``plan.json`` is refused and Tune's saved experiment state is checked,
+``ablate.tunestate``) and, when tracking is on, whether the MLflow store answers
+(``ablate.tracking``, imported only then: it imports Ray). Its ``Preflight`` says what the
+sweep needs to go on and holds the lock, which a failed check releases. The cluster's
+resources are known only once Ray is connected: ``check_cluster`` holds that rule, and
+``ablate.sweep`` calls it with Ray's node list.
 """
 
 from __future__ import annotations
