@@ -290,3 +290,47 @@ def test_example_sweep_runs_the_users_op_on_the_workers(ray_cluster, tmp_path):
     key = f"augment.params.{SOLARIZE}.threshold"
     assert [p[key] for p in logged if SOLARIZE in p.get("augment.ops", "")] == ["0.5"]
     assert (tmp_path / "my_op" / "report" / "summary.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_example_sweep_submitted_as_a_ray_job_imports_the_op_from_its_working_dir(tmp_path):
+    """``ray job submit --working-dir .`` from the repository root, as the README says: the
+    workers import ``examples.my_op`` from the uploaded working directory."""
+    from local_servers import BIN, RayHead
+
+    head = RayHead(num_cpus=2)
+    try:
+        head.start()
+        head.wait_ready()
+        command = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            head.dashboard_url,
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "-m",
+            "entrypoints.sweep",
+            "examples/my_op.yaml",
+            *(x for o in TINY for x in ("--set", o)),
+            "--storage-path",
+            str(tmp_path),
+        ]
+        done = subprocess.run(
+            command,
+            cwd=REPO,
+            env=head.env(RAY_ADDRESS=None, MLFLOW_TRACKING_URI=None),
+            capture_output=True,
+            text=True,
+            timeout=360,
+        )
+    finally:
+        head.stop()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    summary = json.loads((tmp_path / "my_op" / "summary.json").read_text())
+    ops = {tuple(t["varying"]["augment.ops"]): t["status"] for t in summary["trials"]}
+    assert ops == {("crop", "color"): "completed", ("crop", "color", SOLARIZE): "completed"}
