@@ -19,7 +19,8 @@ None); ``y``: a new ``(B, C, H, W)`` float tensor in [0, 1] on ``x``'s device. T
 to each sample independently. Its parameters are given under ``augment.params`` keyed by its
 name (``augment.params: {"examples.my_op:solarize": {threshold: 0.5}}``) and validated by
 ``params_model``; the resolved config holds them with every default filled in. An instance of
-:class:`ablate.augment.AugmentOp` (``sample``/``apply`` halves) is accepted as well.
+:class:`ablate.augment.AugmentOp` (``sample``/``apply`` halves) is accepted as well, its
+``params_type`` standing for ``params_model``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def _check_plugin(name: str, component: Any) -> Entry[Any]:
             f"{name} is {type(component).__name__} {component!r}, not a batched op: {shape}"
         )
     params = getattr(component, "params_model", None)
+    if params is None and all(hasattr(component, a) for a in ("sample", "apply", "params_type")):
+        params = component.params_type  # an ablate.augment.AugmentOp
     if params is not None and not (isinstance(params, type) and issubclass(params, BaseModel)):
         raise TypeError(
             f"{name}.params_model is {params!r}; it must be a pydantic BaseModel class (the "

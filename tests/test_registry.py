@@ -242,3 +242,15 @@ def test_plugins_that_do_not_fit_their_axis_are_named(plugin_dir):
         with pytest.raises(ValidationError) as error:
             TrialConfig.model_validate(raw)
         assert where in str(error.value) and text in str(error.value), str(error.value)
+
+
+def test_an_augment_op_named_by_path_takes_its_params_from_augment_params():
+    from ablate.augment import build_ops
+    from ablate.config import CropParams
+
+    name = "ablate.augment:crop"  # the built-in crop, named as a plugin is
+    assert ops.params_model(name) is CropParams
+    cfg = AugmentConfig(ops=[name], params={name: {"scale": [0.2, 0.3]}})
+    assert cfg.params[name]["scale"] == [0.2, 0.3]
+    ((op, params),) = build_ops(cfg.ops, cfg).steps
+    assert op is ops.load("crop") and params == CropParams(scale=(0.2, 0.3))
