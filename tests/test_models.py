@@ -248,3 +248,27 @@ def test_plugin_encoder_is_built_and_held_to_the_protocol(tmp_path, monkeypatch)
     assert h.shape == (2, 3) and z.shape == (2, 4)
     with pytest.raises(TypeError, match=r"not an encoder.*feat_dim"):
         build_encoder(ModelConfig(arch="user_nets:featureless"))
+
+
+def test_vit_trains_and_evaluates_through_the_trial_worker(tmp_path):
+    """The ViT in the real worker: one pretraining epoch, then the final kNN and linear probes
+    on its features (no Ray: the worker's own functions, as the trial runs them)."""
+    from ablate.config import TrialConfig
+    from ablate.train import build_worker, final_evaluation, run_epoch
+
+    config = TrialConfig.model_validate(
+        {
+            "data": {"num_train": 192, "num_test": 64, "synthetic_size": 16},
+            "model": {"arch": "vit_tiny", "vit": TINY_VIT, "out_dim": 16},
+            "augment": {"ops": ["crop", "color"]},
+            "optim": {"name": "adamw", "base_lr": 1e-3, "warmup_epochs": 0},
+            "train": {"epochs": 1, "batch_size": 32, "steps_per_epoch": 3, "precision": "fp32"},
+            "eval": {"knn_k": 5, "probe": {"max_iter": 5}},
+        }
+    )
+    worker = build_worker(config, {"data_cache_dir": str(tmp_path)})
+    assert worker.parts.model.encoder.feat_dim == 32
+    result = run_epoch(worker, torch.Generator(), 1)
+    assert result.diverged == "" and result.steps == 3 and result.loss_sum / result.steps > 0
+    final = final_evaluation(worker)
+    assert 0.0 <= final["test/knn_top1"] <= 1.0 and 0.0 <= final["test/probe_top1"] <= 1.0
