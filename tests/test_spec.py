@@ -319,6 +319,12 @@ def test_override_errors_name_the_key():
             ["'jitter'", "Valid: crop"],
         ),
         ("name: t\naugment: {ops: [crop, colr]}", "augment.ops.1", ["did you mean 'color'"]),
+        ("name: t\nloss: {name: nt_xnet}", "loss.name", ["did you mean 'nt_xent'", "nt_logistic"]),
+        (
+            "name: t\nspace: {model.arch: {grid: [resnet18, vit_tiyn]}}",
+            "space.model.arch.grid[1]",
+            ["did you mean 'vit_tiny'", "resnet50, vit_tiny, or a plugin"],
+        ),
         ("name: t\ntrain: {epochs: five}", "train.epochs", ["integer", "'five'"]),
         ("name: t\nreplicates: 0", "replicates", ["greater than or equal to 1"]),
         ("name: t\nspace: {model.head: {grid: []}}", "space.model.head.grid", ["empty"]),
