@@ -124,12 +124,13 @@ def test_the_drivers_load_checks_every_batch_the_plan_holds(tmp_path):
         "space: {train.batch_size: {choice: [8, 128]}}\nalgorithm: {name: random, num_samples: 1}\n"
     )
     plan = parse_sweep(text, source="t.yaml")
-    cfg = plan.configs()[0]["data"]
-    dataset = data.load_dataset(data.DataConfig.model_validate(cfg))
+    cfg = plan.configs()[0].data
+    dataset = data.load_dataset(cfg)
     with pytest.raises(SpecError) as raised:
         _check_batches(plan, cfg, dataset)
     assert raised.value.key == "space.train.batch_size" and "128 is larger" in str(raised.value)
-    _check_batches(plan, {**cfg, "num_train": 1000}, dataset)  # another set: not this one's rule
+    other = cfg.model_copy(update={"num_train": 1000})
+    _check_batches(plan, other, dataset)  # another set: not this one's rule
 
 
 def test_a_worker_configuration_error_is_reported_failed_not_raised():
@@ -247,10 +248,10 @@ def test_scientific_notation_and_mixed_numbers_are_typed_floats():
         "name: t\nspace:\n  loss.temperature: {grid: [1e-1, 5.0e-1, 1]}\n"
         "  optim.base_lr: {grid: ['3e-1']}\n",
     )
-    values = [t["varying"]["loss.temperature"] for t in plan.trials]
+    values = [t.varying["loss.temperature"] for t in plan.trials]
     assert values == [0.1, 0.5, 1.0] and all(type(v) is float for v in values)
-    assert {type(t["varying"]["optim.base_lr"]) for t in plan.trials} == {float}
-    assert [t["config"]["loss"]["temperature"] for t in plan.trials] == values
+    assert {type(t.varying["optim.base_lr"]) for t in plan.trials} == {float}
+    assert [t.config.loss.temperature for t in plan.trials] == values
 
 
 def test_the_report_survives_swept_values_of_every_type(tmp_path):

@@ -35,13 +35,13 @@ def test_recipe_values_reach_every_trial_config() -> None:
     plan = parse_sweep(SPEC)
     lightly = RECIPES["lightly_cifar10"].overrides
     for trial in plan.trials:
-        config = trial["config"]
-        assert config["optim"]["name"] == "sgd"
-        assert config["optim"]["base_lr"] == lightly["optim"]["base_lr"] == 0.12
-        assert config["optim"]["weight_decay"] == 5e-4
-        assert config["optim"]["warmup_epochs"] == 0
-        assert config["train"]["batch_size"] == 512
-        assert config["augment"]["color"]["strength"] == 0.5
+        config = trial.config
+        assert config.optim.name == "sgd"
+        assert config.optim.base_lr == lightly["optim"]["base_lr"] == 0.12
+        assert config.optim.weight_decay == 5e-4
+        assert config.optim.warmup_epochs == 0
+        assert config.train.batch_size == 512
+        assert config.augment.color.strength == 0.5
     # Without the recipe the same spec gets the schema's defaults (LARS).
     plain = parse_sweep(SPEC.replace("recipe: lightly_cifar10\n", ""))
     assert plain.base["optim"]["name"] == "lars"
