@@ -489,12 +489,13 @@ class AugmentConfig(StrictModel):
         used = [name for name in named if is_plugin_name(name)]
         resolved: dict[str, dict[str, Any]] = {}
         for name in [*value, *(n for n in used if n not in value)]:
-            if not is_plugin_name(name):
-                where = f"augment.{name}" if name in ops.OPS.names() else "its plugin's model"
+            if name in ops.OPS.names():
                 raise ValueError(
                     f"{name!r}: keys are plugin ops named module.path:attr; the parameters of "
-                    f"{name!r} go in {where}"
+                    f"the built-in {name!r} go in augment.{name}"
                 )
+            if not is_plugin_name(name):
+                raise ValueError(f"augment.params: {ops.OPS.unknown(name)}")
             try:
                 model = ops.params_model(_names_in(ops.OPS)(name))
             except ValueError as error:

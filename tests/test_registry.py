@@ -221,6 +221,7 @@ def test_plugin_op_params_are_validated_by_its_model(plugin_dir):
         ({"userbits2:invert": {"amount": 2.0}}, "amount: Input should be less than or equal to 1"),
         ({"userbits2:invert": {"amont": 0.5}}, "amont: Extra inputs are not permitted"),
         ({"color": {"strength": 0.5}}, "go in augment.color"),
+        ({"colr": {}}, "unknown augmentation op 'colr'; did you mean 'color'"),
         ({"userbits2:plain": {"x": 1}}, "takes no parameters"),
         ({"userbits2:nothing": {}}, "no attribute 'nothing'"),
     ]
