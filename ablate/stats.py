@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import product
 from typing import Any, TypeVar
 
 import numpy as np
@@ -339,9 +340,10 @@ class BestFamily:
     """Every configuration against the best, one Holm family.
 
     ``best``: the best configuration by mean (``rank``); ``comparisons``: {other config:
-    Comparison of other - best}; ``tied``: the best and every configuration whose Holm-adjusted
-    p is >= ``alpha`` or that is untestable -- the set not distinguishable from the best;
-    ``untestable``: the tied configurations with no test (one replicate); ``alpha``.
+    Comparison of other - best}; ``tied``: the best and every configuration tested against it
+    whose Holm-adjusted p is >= ``alpha`` -- the set not distinguishable from the best;
+    ``untestable``: the configurations with no test (one replicate), which are neither tied
+    with the best nor distinguished from it: one run per configuration cannot tell; ``alpha``.
     """
 
     best: Hashable
@@ -368,7 +370,7 @@ def versus_best(
     family = holm_family({k: compare(table[k], table[best], confidence) for k in order[1:]})
     untestable = frozenset(k for k, c in family.items() if not c.testable)
     tied = frozenset(
-        [best, *untestable, *(k for k, c in family.items() if c.testable and c.p_adjusted >= alpha)]
+        [best, *(k for k, c in family.items() if c.testable and c.p_adjusted >= alpha)]
     )
     return BestFamily(best, family, tied, untestable, alpha)
 
@@ -378,18 +380,23 @@ def versus_best(
 
 @dataclass(frozen=True)
 class Importance:
-    """Share of the metric's total sum of squares explained by one term.
+    """Share of the metric's total sum of squares explained by one term, and its F-test.
 
-    ``keys``: one key (its main effect) or two (their interaction); ``share`` in [0, 1];
-    ``p``: one-way ANOVA F-test p of the key (``scipy.stats.f_oneway``, other keys' effects
-    left in the error term, so conservative), None for interactions or when untestable;
-    ``balanced``: every cell of the term has the same number of values.
+    ``keys``: one key (its main effect) or two (their interaction); ``share`` in [0, 1]
+    (descriptive: the one-way sum of squares of a key, the interaction's over the cell means);
+    ``p``: the term's F-test against the seed noise (``key_importance``), None when untestable
+    (no configuration has two replicates, so there is no seed noise to test against);
+    ``f``, ``df``, ``df_resid``: that test's F statistic and degrees of freedom (None with no
+    test); ``balanced``: every cell of the term has the same number of values.
     """
 
     keys: tuple[str, ...]
     share: float
     p: float | None
     balanced: bool
+    f: float | None = None
+    df: int | None = None
+    df_resid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -397,12 +404,14 @@ class KeyImportance:
     """``main``: {key: Importance}; ``interactions``: {(key_a, key_b): Importance} for each pair
     of keys that is crossed (every combination of their observed values measured);
     ``residual``: share of the sum of squares within configurations (all ``keys`` fixed), i.e.
-    seed noise; ``n``: values used."""
+    seed noise; ``df_resid``: its degrees of freedom (values minus configurations; 0 with one
+    replicate each: nothing can be tested); ``n``: values used."""
 
     main: dict[str, Importance]
     interactions: dict[tuple[str, str], Importance]
     residual: float
     n: int
+    df_resid: int = 0
 
 
 def _between_ss(y: np.ndarray, labels: list[Hashable]) -> tuple[float, bool, list[np.ndarray]]:
@@ -417,22 +426,60 @@ def _between_ss(y: np.ndarray, labels: list[Hashable]) -> tuple[float, bool, lis
     return ss, len({len(g) for g in groups}) == 1, groups
 
 
+def _dummies(labels: Sequence[Hashable]) -> np.ndarray:
+    """Treatment coding of a factor: (n, levels - 1) indicator columns, first level dropped."""
+    levels = list(dict.fromkeys(labels))
+    return np.array([[float(label == level) for level in levels[1:]] for label in labels]).reshape(
+        len(labels), max(len(levels) - 1, 0)
+    )
+
+
+def _residual_ss(y: np.ndarray, blocks: Sequence[np.ndarray]) -> tuple[float, int]:
+    """Residual sum of squares and rank of the least-squares fit of ``y`` on an intercept and
+    the columns of ``blocks``."""
+    design = np.column_stack([np.ones(len(y)), *blocks])
+    coef, _, rank_, _ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coef
+    return float(residual @ residual), int(rank_)
+
+
+def _f_test(
+    ss: float, df: int, ss_resid: float, df_resid: int
+) -> tuple[float | None, float | None]:
+    """F = (ss / df) / (ss_resid / df_resid) and its upper-tail p (``scipy.stats.f``); None
+    without degrees of freedom or noise."""
+    if df <= 0 or df_resid <= 0 or ss_resid <= 0:
+        return None, None
+    f = (max(ss, 0.0) / df) / (ss_resid / df_resid)
+    return float(f), float(scipy_stats.f.sf(f, df, df_resid))
+
+
 def key_importance(
     rows: Iterable[Mapping[str, Any]],
     keys: Sequence[str],
     metric: str,
     statuses: Collection[str] | None = COMPARABLE_STATUSES,
 ) -> KeyImportance:
-    """Importance of each swept key: ANOVA sums of squares over the results table.
+    """Importance of each swept key: ANOVA sums of squares over the results table, and each
+    term's F-test against the seed noise.
 
     ``rows``: row dicts with the ``keys``, ``metric`` and ``status`` (rows not in ``statuses``
-    or with a non-finite metric are left out). Main effect of key A: SS_A / SS_total with
-    SS_A = sum over A's values of n_a (mean_a - grand mean)^2 (one-way ANOVA). Interaction of
-    crossed keys A, B: (SS_AB - SS_A - SS_B) / SS_total, SS_AB taken over the A x B cell means.
-    In a balanced design (equal counts per cell) the main effects are orthogonal and this is
-    the two-way ANOVA interaction sum of squares exactly; in an unbalanced one the main
-    effects overlap, the value is descriptive only, clipped at 0, and ``balanced`` is False.
-    Shares are 0 when the metric does not vary. Raises ValueError with no usable row.
+    or with a non-finite metric are left out).
+
+    Shares (descriptive): main effect of key A: SS_A / SS_total with SS_A = sum over A's values
+    of n_a (mean_a - grand mean)^2; interaction of crossed keys A, B: (SS_AB - SS_A - SS_B) /
+    SS_total, SS_AB over the A x B cell means (in a balanced design the two-way ANOVA
+    interaction sum of squares exactly; unbalanced: clipped at 0, ``balanced`` False).
+
+    Tests: the error term is the seed noise, the sum of squares within configurations (every
+    key fixed) with N - (number of configurations) degrees of freedom. Main effect of A:
+    SS(A | the other keys' main effects), the drop in residual sum of squares when A joins the
+    additive model of the other keys; interaction of A and B: SS(A:B | every main effect). Both
+    are least-squares fits (treatment coding); with two keys these are the type II tests of
+    ``statsmodels.formula.api.ols("y ~ C(A) * C(B)")`` / ``anova_lm(typ=2)``, and in a balanced
+    design the textbook two-way ANOVA (Montgomery, Design and Analysis of Experiments, ch. 5).
+    With one replicate per configuration there is no seed noise: no p (configurations are not
+    replicates of each other). Raises ValueError with no usable row.
     """
     used = [
         r
@@ -450,16 +497,21 @@ def key_importance(
         return min(max(ss / total, 0.0), 1.0) if total > 0 else 0.0
 
     levels = {k: [_hashable(r.get(k)) for r in used] for k in keys}
+    configs = [tuple(levels[k][i] for k in keys) for i in range(len(y))]
+    within = total - _between_ss(y, configs)[0] if keys else total
+    df_resid = len(y) - len(set(configs))
+    ss_resid = max(within, 0.0)
+    blocks = {k: _dummies(levels[k]) for k in keys}
+    rss_mains, rank_mains = _residual_ss(y, list(blocks.values()))
     main: dict[str, Importance] = {}
     ss_main: dict[str, float] = {}
     for key in keys:
-        ss, balanced, groups = _between_ss(y, levels[key])
+        ss, balanced, _ = _between_ss(y, levels[key])
         ss_main[key] = ss
-        p = None
-        if len(groups) > 1 and len(y) > len(groups) and total > 0:
-            p = float(scipy_stats.f_oneway(*groups).pvalue)
-            p = p if math.isfinite(p) else None
-        main[key] = Importance((key,), share(ss), p, balanced)
+        rss_without, rank_without = _residual_ss(y, [b for k, b in blocks.items() if k != key])
+        df = rank_mains - rank_without
+        f, p = _f_test(rss_without - rss_mains, df, ss_resid, df_resid)
+        main[key] = Importance((key,), share(ss), p, balanced, f, df or None, df_resid)
     interactions: dict[tuple[str, str], Importance] = {}
     for i, ka in enumerate(keys):
         for kb in keys[i + 1 :]:
@@ -469,10 +521,144 @@ def key_importance(
                 continue
             ss_ab, balanced, _ = _between_ss(y, cells)
             ss = ss_ab - ss_main[ka] - ss_main[kb]
-            interactions[(ka, kb)] = Importance((ka, kb), share(ss), None, balanced)
-    configs = [tuple(levels[k][i] for k in keys) for i in range(len(y))]
-    residual = share(total - _between_ss(y, configs)[0]) if keys else 1.0
-    return KeyImportance(main, interactions, residual, len(y))
+            product_ = np.column_stack(
+                [
+                    blocks[ka][:, u] * blocks[kb][:, v]
+                    for u, v in product(range(blocks[ka].shape[1]), range(blocks[kb].shape[1]))
+                ]
+            )
+            rss_with, rank_with = _residual_ss(y, [*blocks.values(), product_])
+            df = rank_with - rank_mains
+            f, p = _f_test(rss_mains - rss_with, df, ss_resid, df_resid)
+            interactions[(ka, kb)] = Importance(
+                (ka, kb), share(ss), p, balanced, f, df or None, df_resid
+            )
+    residual = share(within) if keys else 1.0
+    return KeyImportance(main, interactions, residual, len(y), max(df_resid, 0))
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """Does the effect of one key depend on another? A 2 x 2 crossed pair, paired by seed.
+
+    ``key``: the key whose effect is measured, from ``levels[0]`` to ``levels[1]``; ``by``: the
+    other key, at ``by_levels[0]`` and ``by_levels[1]``; ``effects``: that effect (mean over
+    seeds, metric units) at each of ``by_levels``; ``comparison``: ``compare`` of the per-seed
+    effect at ``by_levels[1]`` against the one at ``by_levels[0]``, i.e. the difference of
+    differences (y11 - y01) - (y10 - y00) with its paired t interval and p (zero: no
+    interaction).
+    """
+
+    key: str
+    levels: tuple[Hashable, Hashable]
+    by: str
+    by_levels: tuple[Hashable, Hashable]
+    effects: tuple[float, float]
+    comparison: Comparison
+
+
+def difference_of_differences(
+    table: Mapping[tuple[Hashable, Hashable], Samples],
+    key: str,
+    levels: tuple[Hashable, Hashable],
+    by: str,
+    by_levels: tuple[Hashable, Hashable],
+    confidence: float = CONFIDENCE,
+) -> Interaction:
+    """The interaction of a crossed 2 x 2 pair of keys as a paired difference of differences.
+
+    ``table``: ``{(value of key, value of by): {pairing id: value}}`` (``samples_by_config``
+    with ``[key, by]``). Per seed s, the effect of ``key`` at each level of ``by`` is
+    y[levels[1], b][s] - y[levels[0], b][s]; the interaction is the effect at ``by_levels[1]``
+    minus the one at ``by_levels[0]``, compared over the seeds that have all four cells
+    (``compare``: paired t, n - 1 degrees of freedom). It equals the two-way ANOVA interaction
+    contrast, and with balanced complete seeds its paired t^2 is the F of the randomized-block
+    interaction. Raises KeyError naming a missing cell.
+    """
+    for cell in product(levels, by_levels):
+        if cell not in table:
+            raise KeyError(f"difference_of_differences: no results for {key}, {by} = {cell}")
+
+    def effect(b: Hashable) -> dict[Hashable, float]:
+        high, low = table[(levels[1], b)], table[(levels[0], b)]
+        return {s: high[s] - low[s] for s in high if s in low}
+
+    at0, at1 = effect(by_levels[0]), effect(by_levels[1])
+
+    def mean_effect(b: Hashable) -> float:
+        high, low = table[(levels[1], b)], table[(levels[0], b)]
+        return float(np.mean(list(high.values())) - np.mean(list(low.values())))
+
+    if not at0 or not at1:  # no seed shared within a level of by: the unpaired cell means
+        at0 = {0: mean_effect(by_levels[0])}
+        at1 = {0: mean_effect(by_levels[1])}
+    comparison = compare(at1, at0, confidence)
+    effects = (mean_effect(by_levels[0]), mean_effect(by_levels[1]))
+    return Interaction(key, levels, by, by_levels, effects, comparison)
+
+
+# ----------------------------------------------------------------------------- rank agreement
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """How two metrics order the same configurations (e.g. the kNN ranking and the probe).
+
+    ``spearman`` / ``kendall``: rank correlations (``scipy.stats.spearmanr`` / ``kendalltau``,
+    tau-b) with their p; None for fewer than 3 configurations or a constant metric. ``flips``:
+    pairs (a, b) that the first metric orders a above b and the second b above a, the pairs
+    holding the first metric's best first; ``best``: each metric's best configuration; ``n``:
+    configurations with both values.
+    """
+
+    n: int
+    spearman: float | None
+    spearman_p: float | None
+    kendall: float | None
+    kendall_p: float | None
+    flips: list[tuple[Hashable, Hashable]]
+    best: tuple[Hashable, Hashable] | None
+
+
+def rank_agreement(
+    first: Mapping[K, float], second: Mapping[K, float], mode: str = "max"
+) -> RankAgreement:
+    """Agreement of the orders of ``first`` and ``second`` (``{configuration: mean}``, both in
+    the direction of ``mode``) over the configurations both have a finite value for. Raises
+    ValueError for a bad ``mode``."""
+    sign = improvement_sign(mode)
+    common = [
+        k
+        for k in first
+        if k in second and math.isfinite(float(first[k])) and math.isfinite(float(second[k]))
+    ]
+    a = np.array([float(first[k]) for k in common])
+    b = np.array([float(second[k]) for k in common])
+
+    def finite_or_none(value: Any) -> float | None:
+        value = float(value)
+        return value if math.isfinite(value) else None
+
+    rho = rho_p = tau = tau_p = None
+    if len(common) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        spearman = scipy_stats.spearmanr(a, b)
+        kendall = scipy_stats.kendalltau(a, b)
+        rho, rho_p = finite_or_none(spearman.statistic), finite_or_none(spearman.pvalue)
+        tau, tau_p = finite_or_none(kendall.statistic), finite_or_none(kendall.pvalue)
+    order = sorted(range(len(common)), key=lambda i: -sign * a[i])
+    flips = [
+        (common[i], common[j])
+        for x, i in enumerate(order)
+        for j in order[x + 1 :]
+        if a[i] != a[j] and sign * (b[j] - b[i]) > 0
+    ]
+    best = None
+    if common:
+        best = (
+            common[order[0]],
+            common[max(range(len(common)), key=lambda i: sign * b[i])],
+        )
+    return RankAgreement(len(common), rho, rho_p, tau, tau_p, flips, best)
 
 
 # ----------------------------------------------------------------------------- synergy

@@ -145,10 +145,10 @@ def test_versus_best_gives_the_tied_set_with_holm_adjustment():
     rng = np.random.default_rng(6)
     means = {"best": 0.60, "close": 0.599, "far": 0.50, "worse": 0.45}
     table = _table(rng, means, range(4), common_sd=0.03, noise_sd=0.01)
-    table["single"] = {0: 0.3}  # one replicate: untestable, so not distinguishable
+    table["single"] = {0: 0.3}  # one replicate: untestable, so neither tied nor below
     family = stats.versus_best(table, "max")
     assert family.best == "best"
-    assert family.tied == {"best", "close", "single"}
+    assert family.tied == {"best", "close"}
     assert family.untestable == {"single"}
     raw = [family.comparisons[k].p for k in ("close", "far", "worse")]
     adjusted = [family.comparisons[k].p_adjusted for k in ("close", "far", "worse")]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ablate.config import AUGMENTATION_OPS, FIGURE5_OPS
-from ablate.report.table import Row, comparable
+from ablate.report.table import Row, comparable, pairing_key
 from ablate.stats import describe
-from ablate.vocabulary import COMPARABLE_STATUSES, DEFAULT_RANKING_METRIC, OPS_KEY
+from ablate.vocabulary import COMPARABLE_STATUSES, DEFAULT_RANKING_METRIC, OPS_KEY, format_value
 
 #: Ops that ride with another under the paper's names: its "crop" is a random crop and resize
 #: *with a random horizontal flip* (Chen et al., 2020, Appendix A), so [crop, flip] is its crop.
@@ -53,8 +53,11 @@ def op_meanings(rows: Sequence[Row]) -> dict[int, tuple[frozenset[str], frozense
 class AugmentationMatrix:
     """Figure 5: row = first op, column = second op, diagonal = the op alone.
 
-    ``mean``/``std``/``count`` are (n, n) with NaN/0 where the sweep has no trial; ``row_mean``
-    (n,) averages the row's cells (the paper's last column).
+    ``mean``/``std``/``count`` are (n, n) with NaN/0 where the sweep has no trial: the mean,
+    sample std and number of *seeds* (a seed's value is the mean of its trials in the cell, so
+    the std is seed noise, not the spread over other keys); ``row_mean`` (n,) averages the
+    row's cells (the paper's last column); ``averaged``: the other keys whose values a seed's
+    value averages over.
     """
 
     ops: list[str]
@@ -62,6 +65,7 @@ class AugmentationMatrix:
     std: np.ndarray
     count: np.ndarray
     row_mean: np.ndarray
+    averaged: list[str] = field(default_factory=list)
 
     def cell(self, first: str, second: str | None = None) -> float:
         i = self.ops.index(first)
@@ -73,18 +77,36 @@ def augmentation_matrix(
     metric: str = DEFAULT_RANKING_METRIC,
     key: str = OPS_KEY,
     statuses: Sequence[str] = COMPARABLE_STATUSES,
+    other_keys: Sequence[str] = (),
 ) -> AugmentationMatrix:
-    """Results table -> the Figure 5 matrix (pure: no I/O). Trials with 1 or 2 ops count."""
-    cells: dict[tuple[str, str], list[float]] = {}
+    """Results table -> the Figure 5 matrix (pure: no I/O). Trials with 1 or 2 ops count.
+
+    Statistics are over seeds (``table.pairing_key``: ``seed``, else ``replicate``, else each
+    trial its own): the trials of one seed in a cell (other keys varying) are averaged first.
+    ``other_keys``: the sweep's other configuration keys, to name those a cell averages over.
+    """
+    used = []
     for row in comparable(rows, statuses):
         value, score = row.get(key), row.get(metric)
         if value is None or score is None or not math.isfinite(score):
             continue
-        ops = parse_ops(value)
-        if len(ops) == 1:
-            cells.setdefault((ops[0], ops[0]), []).append(score)
-        elif len(ops) == 2:
-            cells.setdefault((ops[0], ops[1]), []).append(score)
+        if len(parse_ops(value)) in (1, 2):
+            used.append(row)
+    pair_by = pairing_key(used)
+    per_seed: dict[tuple[str, str], dict[Any, list[float]]] = {}
+    seen: dict[str, set[str]] = {}
+    for index, row in enumerate(used):
+        ops = parse_ops(row[key])
+        cell = (ops[0], ops[-1])
+        pid = row[pair_by] if pair_by else index
+        per_seed.setdefault(cell, {}).setdefault(pid, []).append(float(row[metric]))
+        for other in other_keys:
+            if other != key:
+                seen.setdefault(other, set()).add(format_value(row.get(other)))
+    cells = {
+        cell: [math.fsum(v) / len(v) for v in by_seed.values()]
+        for cell, by_seed in per_seed.items()
+    }
     present = {op for pair in cells for op in pair}
     order = [op for op in (*FIGURE5_OPS, *AUGMENTATION_OPS) if op in present]
     order = list(dict.fromkeys(order)) + sorted(present - set(order))
@@ -102,4 +124,5 @@ def augmentation_matrix(
     for i in range(n):
         if np.isfinite(mean[i]).any():
             row_mean[i] = float(np.nanmean(mean[i]))
-    return AugmentationMatrix(order, mean, std, count, row_mean)
+    averaged = [k for k in other_keys if len(seen.get(k, ())) > 1]
+    return AugmentationMatrix(order, mean, std, count, row_mean, averaged)

@@ -69,6 +69,7 @@ def build_report(
         "ranking_metric": metric,
         "ranking_mode": mode,
         "varying_keys": json.dumps(results.varying_keys),
+        "description": results.description,
     }
     results_path = out / "results.parquet"
     write_results_table(results.rows, results_path, metadata)

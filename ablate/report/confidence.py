@@ -9,7 +9,7 @@ text, ``figures`` draws it, ``build`` writes ``Confidence.comparison_rows`` as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ablate.report.augmentation import paper_ops
@@ -20,16 +20,25 @@ from ablate.report.table import (
     configuration_label,
     is_finite,
     labelled_samples,
+    pairing_key,
+    seed_group_stats,
+    sorted_values,
 )
 from ablate.stats import (
+    ALPHA,
     BestFamily,
+    Interaction,
     KeyImportance,
+    RankAgreement,
     Synergy,
     Verdict,
     describe,
+    difference_of_differences,
     holm_family,
     key_importance,
     rank,
+    rank_agreement,
+    samples_by_config,
     synergy,
     verdict,
     versus_best,
@@ -54,7 +63,11 @@ class Confidence:
     ``best``: ``stats.versus_best`` of it (None without a finite value); ``importance``:
     ``stats.key_importance`` (None without keys or values); ``synergies``: ``{"a+b":
     (stats.Synergy, Verdict)}``, Holm over all compositions; ``replicates``: the most
-    comparable replicates any configuration has.
+    comparable replicates any configuration has; ``contrasts``: ``{(key, by):
+    stats.Interaction}`` for each crossed pair of keys with two values each (the difference of
+    differences, paired by seed); ``agreement``: ``stats.rank_agreement`` of the configurations'
+    means on ``metric`` and on ``second_metric`` (the linear probe when ranking by kNN, and
+    the other way round; None when the rows lack it).
     """
 
     metric: str
@@ -66,6 +79,27 @@ class Confidence:
     importance: KeyImportance | None
     synergies: dict[str, tuple[Synergy, Verdict]]
     replicates: int
+    contrasts: dict[tuple[str, str], Interaction] = field(default_factory=dict)
+    agreement: RankAgreement | None = None
+    second_metric: str | None = None
+
+    @property
+    def tested(self) -> bool:
+        """Some configuration has two comparable replicates: differences can be tested."""
+        return self.replicates >= 2
+
+    @property
+    def noise_dominates(self) -> bool:
+        """Seed noise is the largest share of the metric's variance and no swept key or
+        interaction is significant at ``stats.ALPHA``: the sweep cannot tell its
+        configurations apart."""
+        imp = self.importance
+        if imp is None or not self.tested or imp.df_resid <= 0:
+            return False
+        terms = [*imp.main.values(), *imp.interactions.values()]
+        if any(t.p is not None and t.p < ALPHA for t in terms):
+            return False
+        return imp.residual >= max((t.share for t in terms), default=0.0)
 
     def comparison_rows(self) -> list[Row]:
         """The comparisons table: one row per configuration, best first, against the best
@@ -117,6 +151,17 @@ def assess(
     best = versus_best(table, mode) if table else None
     used = [r for r in comparable(rows) if is_finite(r.get(metric))]
     importance = key_importance(used, keys, metric) if keys and used else None
+    second = second_metric(metric, rows)
+    agreement = None
+    if second is not None and len(table) >= 2:
+        means = {
+            name: {configuration_label(c, keys): s.mean for c, s in stats.items()}
+            for name, stats in (
+                (metric, seed_group_stats(rows, keys, metric)),
+                (second, seed_group_stats(rows, keys, second)),
+            )
+        }
+        agreement = rank_agreement(means[metric], means[second], mode)
     return Confidence(
         metric,
         mode,
@@ -127,7 +172,45 @@ def assess(
         importance,
         _synergies(rows, varying_keys, metric, mode),
         max((len(v) for v in table.values()), default=0),
+        interaction_contrasts(used, keys, metric),
+        agreement if agreement is not None and agreement.n >= 2 else None,
+        second,
     )
+
+
+def second_metric(metric: str, rows: Sequence[Row]) -> str | None:
+    """The metric a ranking is checked against: the linear probe of the same split for a kNN
+    metric (``val/knn_top1`` -> ``val/probe_top1``), kNN for a probe metric; None for another
+    metric or when no comparable row has it."""
+    if "knn" in metric:
+        other = metric.replace("knn", "probe")
+    elif "probe" in metric:
+        other = metric.replace("probe", "knn")
+    else:
+        return None
+    return other if any(is_finite(r.get(other)) for r in comparable(rows)) else None
+
+
+def interaction_contrasts(
+    rows: Sequence[Row], keys: Sequence[str], metric: str
+) -> dict[tuple[str, str], Interaction]:
+    """The difference of differences of each crossed pair of keys with exactly two values each
+    (other keys averaged per seed), when replicates pair by seed or replicate."""
+    pair_by = pairing_key(rows)
+    if pair_by is None:
+        return {}
+    found: dict[tuple[str, str], Interaction] = {}
+    for i, key in enumerate(keys):
+        for by in keys[i + 1 :]:
+            table = samples_by_config(rows, [key, by], metric, pair_by)
+            levels = sorted_values(c[0] for c in table)
+            by_levels = sorted_values(c[1] for c in table)
+            if len(levels) != 2 or len(by_levels) != 2 or len(table) != 4:
+                continue
+            found[(key, by)] = difference_of_differences(
+                table, key, tuple(levels), by, tuple(by_levels)
+            )
+    return found
 
 
 def _synergies(

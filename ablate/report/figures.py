@@ -24,11 +24,17 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ablate.registry import Entry, Registry
 from ablate.report.augmentation import AugmentationMatrix, augmentation_matrix
-from ablate.report.confidence import CONFIGURATION, Confidence, importance_terms
+from ablate.report.confidence import (
+    CONFIGURATION,
+    Confidence,
+    importance_terms,
+    interaction_contrasts,
+)
 from ablate.report.table import (
     Row,
     SweepResults,
@@ -36,11 +42,13 @@ from ablate.report.table import (
     configuration_keys,
     configuration_label,
     group_stats,
+    is_finite,
+    seed_group_stats,
     sorted_configs,
     sorted_values,
 )
-from ablate.stats import CONFIDENCE, GroupStats, KeyImportance
-from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY
+from ablate.stats import ALPHA, CONFIDENCE, GroupStats, KeyImportance, key_importance
+from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY, format_value
 
 
 def _spread(s: GroupStats | None) -> float:
@@ -49,26 +57,78 @@ def _spread(s: GroupStats | None) -> float:
 
 
 def _save(fig: Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg``; Figure.savefig needs no pyplot global state."""
+    """Write ``stem.png`` and ``stem.svg``; Figure.savefig needs no pyplot global state. The
+    bounding box is the drawn content (``bbox_inches="tight"``), so long axis labels, legends
+    outside the axes and footnotes are not cut off."""
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(paths[1], bbox_inches="tight", pad_inches=0.15)
     return paths
 
 
+def _footnote(fig: Figure, text: str) -> None:
+    """What the figure's means and error bars are taken over, under the axes."""
+    fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=7, color="0.25", wrap=True)
+
+
+def _over_text(averaged: Sequence[str], interacting: Sequence[str] = ()) -> str:
+    """``mean ± sample std over seeds; averaged over model.head (no interaction found)``."""
+    text = "Each value: mean over seeds; error bars: ± sample std over seeds (none with one seed)"
+    if averaged:
+        flagged = [f"{k} (interacts: see its interaction figure)" for k in interacting]
+        quiet = [k for k in averaged if k not in interacting]
+        parts = flagged + ([f"{', '.join(quiet)} (no interaction found)"] if quiet else [])
+        text += "; each seed's value averaged over " + "; ".join(parts)
+    return text + "."
+
+
+#: Most lines an interaction split draws; a key with more values is averaged over instead.
+MAX_SPLIT = 6
+
+
+def _split(
+    rows: Sequence[Row], key: str, varying_keys: Sequence[str], metric: str
+) -> tuple[str | None, list[str], list[str]]:
+    """``(key to draw one line per value of, keys averaged over, averaged keys that interact
+    with key)`` for a figure of ``key``: another configuration key that interacts with it
+    (two-way ANOVA p < ``stats.ALPHA``, or untested with one seed) is drawn as lines (the one
+    with the largest interaction share, up to ``MAX_SPLIT`` values), not averaged over."""
+    others = [k for k in configuration_keys(varying_keys, rows) if k != key]
+    used = [r for r in comparable(rows) if is_finite(r.get(metric))]
+    if not others or not used or key not in configuration_keys(varying_keys, rows):
+        return None, others, []
+    imp = key_importance(used, [key, *others], metric)
+    interacting = {}
+    for (a, b), term in imp.interactions.items():
+        if key in (a, b) and (term.p is None or term.p < ALPHA):
+            interacting[b if a == key else a] = term.share
+    small = [k for k in interacting if len({format_value(r.get(k)) for r in used}) <= MAX_SPLIT]
+    split = max(small, key=lambda k: interacting[k]) if small else None
+    averaged = [k for k in others if k != split]
+    return split, averaged, [k for k in averaged if k in interacting]
+
+
 def plot_augmentation_matrix(matrix: AugmentationMatrix, stem: Path, metric: str) -> list[Path]:
-    """Figure 5 heatmap, annotated, the row means as a separate last column."""
+    """Figure 5 heatmap, annotated, the row means as a separate last column; a pair the sweep
+    did not run is hatched grey and says so, and the footnote says what each ± is over."""
     n = len(matrix.ops)
     data = np.concatenate([matrix.mean, matrix.row_mean[:, None]], axis=1)
     fig = Figure(figsize=(1.1 * (n + 1) + 2.0, 0.9 * n + 1.8))
     ax = fig.add_subplot()
+    ax.set_facecolor("0.85")
     image = ax.imshow(np.ma.masked_invalid(data), cmap="Greens", aspect="auto")
     fig.colorbar(image, ax=ax, label=metric)
     finite = data[np.isfinite(data)]
     mid = float(finite.min() + finite.max()) / 2 if finite.size else 0.0
     for i, j in product(range(n), range(n + 1)):
         if not np.isfinite(data[i, j]):
+            ax.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5), 1, 1, facecolor="0.85", hatch="//", edgecolor="0.6", lw=0
+                )
+            )
+            ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="0.3")
             continue
         text = f"{data[i, j]:.3f}"
         if j < n and matrix.count[i, j] > 1:
@@ -81,6 +141,15 @@ def plot_augmentation_matrix(matrix: AugmentationMatrix, stem: Path, metric: str
     ax.set_xlabel("2nd transformation")
     ax.set_ylabel("1st transformation")
     ax.set_title("Augmentation pairs (diagonal: single op)")
+    seeds = int(matrix.count.max()) if matrix.count.size else 0
+    note = (
+        f"Each cell: mean over seeds (up to {seeds}); ± : sample std over seeds"
+        if seeds > 1
+        else "Each cell: one seed (no ±)"
+    )
+    if matrix.averaged:
+        note += f"; each seed's value averaged over {', '.join(matrix.averaged)}"
+    _footnote(fig, note + ". Hatched: pair not run. Average: mean of the row's cells.")
     return _save(fig, stem)
 
 
@@ -118,7 +187,11 @@ def plot_head_bars(
 ) -> list[Path]:
     """Figure 8: head type grouped by projection output dimension."""
     dim_key = "model.out_dim" if "model.out_dim" in varying_keys else None
-    stats = group_stats(rows, ["model.head", dim_key or "model.head"], metric)
+    split, averaged, interacting = _split(rows, "model.head", varying_keys, metric)
+    if dim_key is None and split is not None:
+        dim_key = split
+    averaged = [k for k in averaged if k != dim_key]
+    stats = seed_group_stats(rows, ["model.head", dim_key or "model.head"], metric)
     heads = [h for h in ("linear", "nonlinear", "none") if any(k[0] == h for k in stats)]
     heads += sorted({k[0] for k in stats} - set(heads), key=str)
     dims = sorted_values(k[1] for k in stats) if dim_key else ["all"]
@@ -131,10 +204,12 @@ def plot_head_bars(
         lambda dim, head: stats.get((head, dim if dim_key else head)),
         lambda head: str(head),
     )
-    ax.set_xlabel("projection output dimensionality" if dim_key else "")
+    names = {"model.out_dim": "projection output dimensionality"}
+    ax.set_xlabel(names.get(dim_key, dim_key) if dim_key else "")
     ax.set_ylabel(metric)
     ax.set_title("Projection head")
     _bar_ylim(ax, rows, metric)
+    _footnote(fig, _over_text(averaged, interacting))
     return _save(fig, stem)
 
 
@@ -143,7 +218,9 @@ def plot_batch_epochs(
 ) -> list[Path]:
     """Figure 9: batch sizes grouped by training epochs."""
     epochs_key = "train.epochs" if "train.epochs" in varying_keys else "epochs_planned"
-    stats = group_stats(rows, [epochs_key, "train.batch_size"], metric)
+    stats = seed_group_stats(rows, [epochs_key, "train.batch_size"], metric)
+    _, averaged, interacting = _split(rows, "train.batch_size", varying_keys, metric)
+    averaged = [k for k in averaged if k != epochs_key]
     budgets = sorted_values(k[0] for k in stats)
     sizes = sorted_values(k[1] for k in stats)
     fig = Figure(figsize=(max(5.0, 1.3 * len(budgets) + 3), 4))
@@ -153,34 +230,63 @@ def plot_batch_epochs(
     ax.set_ylabel(metric)
     ax.set_title("Batch size x training epochs")
     _bar_ylim(ax, rows, metric)
+    _footnote(fig, _over_text(averaged, [k for k in interacting if k in averaged]))
     return _save(fig, stem)
 
 
-def _line(ax: Any, rows: Sequence[Row], key: str, metric: str, label: str | None = None) -> None:
-    stats = group_stats(rows, [key], metric)
+def _line(
+    ax: Any,
+    rows: Sequence[Row],
+    key: str,
+    metric: str,
+    label: str | None = None,
+    split: str | None = None,
+) -> None:
+    """``metric`` against ``key``: mean ± std over seeds, one line per value of ``split``."""
+    stats = seed_group_stats(rows, [key, split or key], metric)
     xs = sorted_values(k[0] for k in stats)
-    ys = [stats[(x,)] for x in xs]
-    ax.errorbar(
-        xs, [s.mean for s in ys], yerr=[_spread(s) for s in ys], marker="o", capsize=3, label=label
-    )
-    positive = [x for x in xs if x > 0]
-    if len(positive) == len(xs) and xs and max(xs) / min(xs) >= 10:
+    series = sorted_values(k[1] for k in stats) if split else [None]
+    numeric = _numeric(xs)
+    for value in series:
+        points = [(x, stats.get((x, value if split else x))) for x in xs]
+        points = [(x, st) for x, st in points if st is not None]
+        ax.errorbar(
+            [x if numeric else xs.index(x) for x, _ in points],
+            [st.mean for _, st in points],
+            yerr=[_spread(st) for _, st in points],
+            marker="o",
+            capsize=3,
+            label=f"{split}={format_value(value)}" if split else label,
+        )
+    positive = [x for x in xs if numeric and x > 0]
+    if numeric and len(positive) == len(xs) and xs and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(xs)), [format_value(x) for x in xs], rotation=30, ha="right")
+    if split:
+        ax.legend(fontsize=8, title=split, title_fontsize=8)
     ax.set_xlabel(key)
 
 
-def plot_temperature(rows: Sequence[Row], stem: Path, metric: str) -> list[Path]:
-    """The temperature of NT-Xent against the ranking metric (and the contrastive accuracy)."""
+def plot_temperature(
+    rows: Sequence[Row], stem: Path, metric: str, varying_keys: Sequence[str] = ()
+) -> list[Path]:
+    """The temperature of NT-Xent against the ranking metric (and the contrastive accuracy),
+    one line per value of a key that interacts with it (``_split``), averaged over the rest
+    (the footnote says which)."""
+    keys = list(varying_keys) or ["loss.temperature"]
+    split, averaged, interacting = _split(rows, "loss.temperature", keys, metric)
     has_contrastive = any(r.get("train/contrastive_top1") is not None for r in comparable(rows))
     fig = Figure(figsize=(9 if has_contrastive else 5, 4))
     axes = fig.subplots(1, 2 if has_contrastive else 1, squeeze=False)[0]
-    _line(axes[0], rows, "loss.temperature", metric)
+    _line(axes[0], rows, "loss.temperature", metric, split=split)
     axes[0].set_ylabel(metric)
-    axes[0].set_title("Temperature")
+    axes[0].set_title("Temperature" + (f" by {split}" if split else ""))
     if has_contrastive:
-        _line(axes[1], rows, "loss.temperature", "train/contrastive_top1")
+        _line(axes[1], rows, "loss.temperature", "train/contrastive_top1", split=split)
         axes[1].set_ylabel("train/contrastive_top1")
         axes[1].set_title("Contrastive accuracy")
+    _footnote(fig, _over_text(averaged, interacting))
     return _save(fig, stem)
 
 
@@ -191,17 +297,27 @@ def _numeric(values: Iterable[Any]) -> bool:
     )
 
 
-def plot_generic(rows: Sequence[Row], keys: Sequence[str], stem: Path, metric: str) -> list[Path]:
-    """Any one varying key (line if numeric, else bars) or two (heatmap when both have 3+
-    values, else grouped bars), mean ± std over everything else."""
+def plot_generic(
+    rows: Sequence[Row],
+    keys: Sequence[str],
+    stem: Path,
+    metric: str,
+    varying_keys: Sequence[str] = (),
+) -> list[Path]:
+    """Any one varying key (line if numeric, else bars; one line per value of a key that
+    interacts with it, ``_split``) or two (heatmap when both have 3+ values, else grouped
+    bars); mean ± std over seeds, each seed's value averaged over the other ``varying_keys``
+    (the footnote says which)."""
+    varying = list(varying_keys) or list(keys)
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     if len(keys) == 1:
         (key,) = keys
-        stats = group_stats(rows, [key], metric)
+        split, averaged, interacting = _split(rows, key, varying, metric)
+        stats = seed_group_stats(rows, [key], metric)
         xs = sorted_values(k[0] for k in stats)
-        if _numeric(xs):
-            _line(ax, rows, key, metric)
+        if _numeric(xs) or split:
+            _line(ax, rows, key, metric, split=split)
         else:
             ax.bar(
                 range(len(xs)),
@@ -209,29 +325,38 @@ def plot_generic(rows: Sequence[Row], keys: Sequence[str], stem: Path, metric: s
                 yerr=[_spread(stats[(x,)]) for x in xs],
                 capsize=3,
             )
-            ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30, ha="right")
+            ax.set_xticks(range(len(xs)), [format_value(x) for x in xs], rotation=30, ha="right")
             ax.set_xlabel(key)
             _bar_ylim(ax, rows, metric)
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} by {key}")
+        ax.set_title(f"{metric} by {key}" + (f" and {split}" if split else ""))
+        _footnote(fig, _over_text(averaged, interacting))
         return _save(fig, stem)
     first, second = keys
-    stats = group_stats(rows, [first, second], metric)
+    stats = seed_group_stats(rows, [first, second], metric)
     xs = sorted_values(k[0] for k in stats)
     ys = sorted_values(k[1] for k in stats)
+    averaged = [k for k in configuration_keys(varying, rows) if k not in keys]
     if len(xs) >= 3 and len(ys) >= 3:
         grid = np.full((len(xs), len(ys)), np.nan)
-        for (x, y), s in stats.items():
-            grid[xs.index(x), ys.index(y)] = s.mean
+        for (x, y), st in stats.items():
+            grid[xs.index(x), ys.index(y)] = st.mean
+        ax.set_facecolor("0.85")
         image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax, label=metric)
         for i, j in product(range(len(xs)), range(len(ys))):
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7)
-        ax.set_yticks(range(len(xs)), [str(x) for x in xs])
-        ax.set_xticks(range(len(ys)), [str(y) for y in ys], rotation=30, ha="right")
+            else:
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="0.3")
+        ax.set_yticks(range(len(xs)), [format_value(x) for x in xs])
+        ax.set_xticks(range(len(ys)), [format_value(y) for y in ys], rotation=30, ha="right")
         ax.set_ylabel(first)
         ax.set_xlabel(second)
+        note = "Cells: mean over seeds; grey: not run"
+        if averaged:
+            note += f"; each seed's value averaged over {', '.join(averaged)}"
+        _footnote(fig, note + ".")
     else:
         groups, series, swap = (xs, ys, False) if len(xs) >= len(ys) else (ys, xs, True)
         _grouped_bars(
@@ -239,12 +364,59 @@ def plot_generic(rows: Sequence[Row], keys: Sequence[str], stem: Path, metric: s
             groups,
             series,
             lambda g, s: stats.get((s, g) if swap else (g, s)),
-            lambda s: f"{second if not swap else first}={s}",
+            lambda s: f"{second if not swap else first}={format_value(s)}",
         )
         ax.set_xlabel(first if not swap else second)
         ax.set_ylabel(metric)
         _bar_ylim(ax, rows, metric)
+        _footnote(fig, _over_text(averaged))
     ax.set_title(f"{metric} by {first} x {second}")
+    return _save(fig, stem)
+
+
+def plot_interaction(
+    rows: Sequence[Row],
+    keys: tuple[str, str],
+    stem: Path,
+    metric: str,
+    varying_keys: Sequence[str] = (),
+) -> list[Path]:
+    """The interaction plot of two crossed keys: ``metric`` against the first (the one with
+    more values; numeric on a numeric axis), one line per value of the second, mean ± std over
+    seeds. Parallel lines: no interaction; crossing or diverging lines: the effect of one key
+    depends on the other. The title gives the interaction's test: the difference of
+    differences paired by seed for a 2 x 2 pair, else the two-way ANOVA F-test
+    (``stats.key_importance``); none with one seed."""
+    a, b = keys
+    varying = list(varying_keys) or list(keys)
+    used = [r for r in comparable(rows) if is_finite(r.get(metric))]
+    config = configuration_keys(varying, used)
+    levels = {k: len({format_value(r.get(k)) for r in used}) for k in keys}
+    x, line = (a, b) if levels[a] >= levels[b] else (b, a)
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    _line(ax, rows, x, metric, split=line)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    test = "not tested (one seed per configuration)"
+    contrast = interaction_contrasts(used, [a, b], metric).get((a, b))
+    term = key_importance(used, config or list(keys), metric).interactions.get((a, b))
+    if contrast is not None and contrast.comparison.testable:
+        c = contrast.comparison
+        test = (
+            f"difference of differences {c.diff:+.4f} "
+            f"[{CONFIDENCE:.0%} CI {c.ci_low:+.4f}, {c.ci_high:+.4f}], p {c.p:.3g} "
+            f"(paired by seed, {c.n} seeds)"
+        )
+    elif term is not None and term.p is not None:
+        test = f"two-way ANOVA F({term.df}, {term.df_resid}) = {term.f:.2f}, p {term.p:.3g}"
+    ax.set_title(f"Interaction of {x} and {line}\n{test}", fontsize=9)
+    averaged = [k for k in config if k not in keys]
+    _footnote(
+        fig,
+        _over_text(averaged) + " Parallel lines: no interaction; crossing or diverging lines: "
+        f"the effect of {x} depends on {line}.",
+    )
     return _save(fig, stem)
 
 
@@ -465,7 +637,11 @@ FIGURES.add(
             lambda rows, metric: bool(augmentation_matrix(rows, metric).ops),
         ),
         lambda results, keys, stem, metric: plot_augmentation_matrix(
-            augmentation_matrix(results.rows, metric), stem, metric
+            augmentation_matrix(
+                results.rows, metric, other_keys=configuration_keys(results.varying_keys)
+            ),
+            stem,
+            metric,
         ),
     ),
     "Figure 5: op pairs as a heatmap, the op alone on the diagonal (augment.ops varies)",
@@ -499,15 +675,53 @@ FIGURES.add(
     "temperature",
     FigureKind(
         _when_varied("temperature", "loss.temperature", ("loss.temperature",), _always),
-        lambda results, keys, stem, metric: plot_temperature(results.rows, stem, metric),
+        lambda results, keys, stem, metric: plot_temperature(
+            results.rows, stem, metric, results.varying_keys
+        ),
     ),
     "NT-Xent temperature against the metric and the contrastive accuracy",
+)
+
+
+def _choose_interactions(
+    keys: Sequence[str], rows: Sequence[Row], metric: str, covered: set[str]
+) -> Chosen:
+    """One interaction plot per crossed pair of configuration keys (every combination of
+    their values measured, two or more values each), at most ``MAX_INTERACTION_FIGURES``."""
+    used = [r for r in comparable(rows) if is_finite(r.get(metric))]
+    config = configuration_keys(keys, used)
+    chosen: Chosen = []
+    for i, a in enumerate(config):
+        for b in config[i + 1 :]:
+            va = {format_value(r.get(a)) for r in used}
+            vb = {format_value(r.get(b)) for r in used}
+            cells = {(format_value(r.get(a)), format_value(r.get(b))) for r in used}
+            if len(cells) == len(va) * len(vb) and len(va) >= 2 and len(vb) >= 2:
+                chosen.append((f"interaction_{a}_x_{b}", (a, b)))
+    return chosen[:MAX_INTERACTION_FIGURES]
+
+
+#: Most interaction plots a report draws (the pairs of the first keys).
+MAX_INTERACTION_FIGURES = 6
+
+FIGURES.add(
+    "interaction",
+    FigureKind(
+        _choose_interactions,
+        lambda results, keys, stem, metric: plot_interaction(
+            results.rows, keys, stem, metric, results.varying_keys
+        ),
+    ),
+    "interaction_<a>_x_<b>: one line per value of b against a, with the interaction's test "
+    "(two crossed keys)",
 )
 FIGURES.add(
     "by",
     FigureKind(
         _choose_generic,
-        lambda results, keys, stem, metric: plot_generic(results.rows, list(keys), stem, metric),
+        lambda results, keys, stem, metric: plot_generic(
+            results.rows, list(keys), stem, metric, results.varying_keys
+        ),
         fallback=True,
     ),
     "by_<key>: a line, bars or a heatmap of the keys no other figure covers",
@@ -578,28 +792,54 @@ def draw_figures(
 
 def plot_forest(conf: Confidence, stem: Path) -> list[Path]:
     """Each configuration's difference from the best (paired by seed) with its 95% CI, best at
-    the top; tied with the best: blue, distinguishable: grey; no CI (one replicate): hollow."""
+    the top: tied with the best (Holm p >= alpha) blue, below it (Holm p < alpha) red, not
+    tested (one replicate) a hollow grey point without an interval; a legend names the ones
+    present."""
     rows = conf.comparison_rows()
     fig = Figure(figsize=(7, max(2.5, 0.32 * len(rows) + 1.5)))
     ax = fig.add_subplot()
+    styles = {
+        "best": ("black", "D", "the best by mean"),
+        "tied": ("tab:blue", "o", f"tied with the best (Holm p ≥ {ALPHA:g})"),
+        "below": ("tab:red", "o", f"below the best (Holm p < {ALPHA:g})"),
+        "untested": ("tab:gray", "o", "not tested (one seed: no interval)"),
+    }
+    present: set[str] = set()
     for y, row in enumerate(rows):
-        color = "tab:blue" if row["tied_with_best"] else "tab:gray"
-        if row["ci_low"] is not None:
+        if row["test"] == "best":
+            kind = "best"
+        elif row["p_adjusted"] is None:
+            kind = "untested"
+        else:
+            kind = "tied" if row["tied_with_best"] else "below"
+        present.add(kind)
+        color, marker, _ = styles[kind]
+        if row["ci_low"] is not None and kind != "best":
             ax.errorbar(
                 row["diff"],
                 y,
                 xerr=[[row["diff"] - row["ci_low"]], [row["ci_high"] - row["diff"]]],
-                fmt="o",
+                fmt=marker,
                 color=color,
                 capsize=3,
             )
         else:
-            ax.plot(row["diff"], y, "o", mfc="none", color=color)
+            hollow = "none" if kind == "untested" else color
+            ax.plot(row["diff"], y, marker, mfc=hollow, color=color)
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(range(len(rows)), [_short(row[CONFIGURATION]) for row in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{conf.metric}: configuration − best ({CONFIDENCE:.0%} CI, paired by seed)")
-    ax.set_title("Difference from the best (blue: tied with it)")
+    tested = any(k in present for k in ("tied", "below"))
+    how = f"{CONFIDENCE:.0%} CI, paired by seed" if tested else "single runs, no interval"
+    ax.set_xlabel(f"{conf.metric}: configuration − best\n({how})")
+    ax.set_title("Difference from the best" + ("" if tested else " (not tested: one seed each)"))
+    handles = [
+        Line2D([], [], color=styles[k][0], marker=styles[k][1], ls="",
+               mfc="none" if k == "untested" else styles[k][0], label=styles[k][2])
+        for k in ("best", "tied", "below", "untested")
+        if k in present
+    ]  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, stem)
 
 
@@ -609,20 +849,37 @@ def _short(label: str, limit: int = 48) -> str:
 
 def plot_importance(importance: KeyImportance, stem: Path, metric: str) -> list[Path]:
     """Bar chart of the share of the variance of ``metric`` each key, each two-way interaction
-    and the seed noise explain (``stats.key_importance``)."""
+    and the seed noise explain (``stats.key_importance``), each term's F-test p beside it; with
+    one seed per configuration the seed noise is not measured and no term is tested, which the
+    figure says."""
     terms = importance_terms(importance)
+    tests = {key: imp for key, imp in importance.main.items()}
+    tests |= {f"{a} x {b}": imp for (a, b), imp in importance.interactions.items()}
+    measured = importance.df_resid > 0
     colors = {"main effect": "tab:blue", "interaction": "tab:orange", "seed noise": "tab:gray"}
     fig = Figure(figsize=(7, max(2.5, 0.4 * len(terms) + 1.5)))
     ax = fig.add_subplot()
     y = np.arange(len(terms))
     ax.barh(y, [share for _, share, _ in terms], color=[colors[k] for _, _, k in terms])
-    for i, (_, share, _) in enumerate(terms):
-        ax.text(share, i, f" {share:.2f}", va="center", fontsize=8)
+    for i, (name, share, kind) in enumerate(terms):
+        if kind == "seed noise" and not measured:
+            label = " not measured (one seed per configuration)"
+        else:
+            term = tests.get(name)
+            p = "" if term is None or term.p is None else f"  p {term.p:.2g}"
+            label = f" {share:.2f}{p}"
+        ax.text(share, i, label, va="center", fontsize=8)
     ax.set_yticks(y, [_short(name) for name, _, _ in terms], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.1)
+    ax.set_xlim(0, 1.25)
     ax.set_xlabel(f"share of the variance of {metric}")
     ax.set_title("Importance of each swept key (blue), interactions (orange)")
+    _footnote(
+        fig,
+        "p: F-test of the term against the seed noise (two-way ANOVA, type II)."
+        if measured
+        else "One seed per configuration: no seed noise to test against, so no p.",
+    )
     return _save(fig, stem)
 
 

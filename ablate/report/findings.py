@@ -25,12 +25,14 @@ from ablate.report.augmentation import RIDES_WITH, op_meanings, paper_ops
 from ablate.report.confidence import better
 from ablate.report.table import (
     Row,
+    averaged_keys,
     comparable,
     group_stats,
     is_finite,
     labelled_samples,
     run_name,
     sorted_values,
+    spread_text,
 )
 from ablate.stats import (
     Comparison,
@@ -112,7 +114,7 @@ def _held_in_settings(
 ) -> str:
     """'means agree in k of m settings of <other keys>': the claim on the means at matched
     values of the others (descriptive; the verdict pools them per seed)."""
-    others = [k for k in varying_keys if k != key]
+    others = [k for k in varying_keys if k != key and k != "train.seed"]
     if not others:
         return ""
     per_setting = group_stats(rows, [*others, key], metric)
@@ -123,7 +125,10 @@ def _held_in_settings(
         if verdict_ is not None:
             checked += 1
             held += verdict_
-    return f"; the means agree in {held} of {checked} settings of {', '.join(others)}"
+    return (
+        f"; taking each value of {', '.join(others)} separately, the means order as claimed in "
+        f"{held} of {checked} (descriptive)"
+    )
 
 
 def _not_covered(claim: str, source: str, why: str) -> Finding:
@@ -190,8 +195,28 @@ def _rider_note(names: Iterable[str], rows: Sequence[Row], riders: Iterable[str]
     return "; " + "; ".join(notes) if notes else ""
 
 
-def _means(table: dict[Any, dict[Any, float]], labels: Iterable[Any]) -> str:
-    return "; ".join(f"{label} {describe(table[label].values())}" for label in labels)
+def _means(
+    table: dict[Any, dict[Any, float]],
+    labels: Iterable[Any],
+    over: dict[Any, list[str]] | None = None,
+) -> str:
+    """``crop+color 0.9314 ± 0.0021 (± std over 3 seeds; each seed averaged over model.head)``:
+    each label's mean over seeds, saying what the ± and the mean are taken over (``over``:
+    {label: the other keys its values average})."""
+    return "; ".join(
+        f"{label} {_stat(table[label], (over or {}).get(label, []))}" for label in labels
+    )
+
+
+def _stat(samples: dict[Any, float], over: Sequence[str] = ()) -> str:
+    s = describe(samples.values())
+    value = f"{s.mean:.4f}" if s.std is None else f"{s.mean:.4f} ± {s.std:.4f}"
+    return f"{value} ({spread_text(s.n, over)})"
+
+
+def _others(varying_keys: Sequence[str], *shown: str) -> list[str]:
+    """The configuration keys besides ``shown``: what a finding's means average over."""
+    return [k for k in varying_keys if k != "train.seed" and k not in shown]
 
 
 @FINDINGS.register("crop_color", "Figure 5: crop+color is the best pair of augmentations")
@@ -231,9 +256,10 @@ def check_crop_color(
         comparisons = {f"{target} − {best.best}": best.comparisons[target]}
         claims = dict.fromkeys(comparisons, better(mode))
     trials = [n for k in table for n in names[k]]
+    over = averaged_keys(rows, pair, _others(varying_keys, OPS_KEY))
     evidence = (
-        f"{metric}: {_means(table, [target, others[0]])} (best other of {len(others)} pairs)"
-        + _rider_note(trials, rows)
+        f"{metric}: {_means(table, [target, others[0]], over)} (best other of {len(others)} "
+        "pairs)" + _rider_note(trials, rows)
     )
     # Already one Holm family: every pair against the best pair (closest first).
     return _judged(claim, source, comparisons, claims, evidence, trials, adjusted=True)
@@ -285,7 +311,8 @@ def check_composition(
     singles = [op for op in ("crop", "color") if op in table]
     comparisons = {f"crop+color − {op}": compare(table["crop+color"], table[op]) for op in singles}
     trials = [n for k in ("crop+color", *singles) for n in names[k]]
-    evidence = f"{metric}: {_means(table, ['crop+color', *singles])}"
+    over = averaged_keys(rows, label, _others(varying_keys, OPS_KEY))
+    evidence = f"{metric}: {_means(table, ['crop+color', *singles], over)}"
 
     def pair_wins(series: list[tuple[Any, GroupStats]]) -> bool | None:
         by_ops: dict[str, list[float]] = {}
@@ -327,14 +354,17 @@ def check_head_order(
     claim, source = "nonlinear > linear > none (projection head)", "Figure 8"
     if "model.head" not in varying_keys:
         return _not_covered(claim, source, "model.head does not vary")
-    table, names = labelled_samples(
-        rows, lambda r: r.get("model.head") if r.get("model.head") in HEAD_ORDER else None, metric
-    )
+
+    def head(row: Row) -> str | None:
+        return row.get("model.head") if row.get("model.head") in HEAD_ORDER else None
+
+    table, names = labelled_samples(rows, head, metric)
     heads = [h for h in HEAD_ORDER if h in table]
     if len(heads) < 2:
         return _not_covered(claim, source, "needs at least two of the head types")
     comparisons = {f"{a} − {b}": compare(table[a], table[b]) for a, b in pairwise(heads)}
-    evidence = f"{metric}: {_means(table, heads)}"
+    over = averaged_keys(rows, head, _others(varying_keys, "model.head"))
+    evidence = f"{metric}: {_means(table, heads, over)}"
     evidence += _held_in_settings(
         rows,
         varying_keys,
@@ -378,7 +408,13 @@ def check_batch_size(
             continue
         series = [describe(table[(epochs, size)].values()) for size in sizes]
         monotone = all(a.mean < b.mean for a, b in pairwise(series))
-        cells = ", ".join(f"bs={size}: {s}" for size, s in zip(sizes, series, strict=True))
+        over = averaged_keys(
+            rows, budget_and_size, _others(varying_keys, "train.batch_size", "train.epochs")
+        )
+        cells = ", ".join(
+            f"bs={size}: {_stat(table[(epochs, size)], over.get((epochs, size), []))}"
+            for size in sizes
+        )
         parts.append(f"{epochs} epochs: {cells} [{'' if monotone else 'not '}monotone]")
         name = f"bs={sizes[-1]} − bs={sizes[0]} at {epochs} epochs"
         comparisons[name] = compare(table[(epochs, sizes[-1])], table[(epochs, sizes[0])])

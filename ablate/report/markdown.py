@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.report.confidence import CONFIGURATION, Confidence, assess, importance_terms
+from ablate.report.figures import file_stem
 from ablate.report.findings import Finding
 from ablate.report.table import (
     Row,
@@ -22,8 +23,18 @@ from ablate.report.table import (
     best_configurations,
     comparable,
     configuration_keys,
+    spread_text,
 )
-from ablate.stats import CONFIDENCE, Comparison, GroupStats, improvement_sign
+from ablate.stats import (
+    ALPHA,
+    CONFIDENCE,
+    Comparison,
+    GroupStats,
+    Importance,
+    describe,
+    improvement_sign,
+    verdict,
+)
 from ablate.vocabulary import COMPUTE_METRICS, FINAL_METRICS, format_value, shown_metrics
 
 
@@ -70,7 +81,8 @@ def untestable_note(conf: Confidence) -> list[str]:
     return [
         "**One replicate per configuration: no claim can be tested.** A difference between two "
         "configurations cannot be told from seed noise without at least two seeds of each; "
-        "rerun with `replicates: 3` (or more) to get confidence intervals and verdicts.",
+        f"add seeds with `{RESUME_COMMAND.format(k=3)}` to get confidence intervals and "
+        "verdicts.",
         "",
     ]
 
@@ -83,25 +95,25 @@ def tied_lines(conf: Confidence) -> list[str]:
     best, alpha = conf.best, conf.best.alpha
     tied = [row[CONFIGURATION] for row in conf.comparison_rows() if row["tied_with_best"]]
     family = max((c.family_size for c in best.comparisons.values() if c.testable), default=0)
-    named = "{" + ", ".join(f"`{_cell(t)}`" for t in tied) + "}"
+    named = "{" + ", ".join(f"`{t}`" for t in tied) + "}"
+    heading = "## Tied for best"
     if family == 0:
+        heading = "## Against the best (not tested)"
         text = (
-            f"No configuration could be tested against the best (one replicate each), so all "
-            f"{len(tied)} count as tied for best: {named}. The best by mean is "
-            f"`{_cell(best.best)}`."
+            "No configuration could be tested against the best (one replicate each), so none "
+            "is called tied with it or worse than it: the table gives each single run's "
+            f"difference from the highest, `{best.best}`, without intervals or p."
         )
     else:
         text = (
             f"Tied for best at the {alpha:.0%} level (Holm over the {family} testable "
             f"comparisons with the best, paired by seed): {named} ({len(tied)} of "
-            f"{len(conf.table)}); the best by mean is `{_cell(best.best)}`."
+            f"{len(conf.table)}); the best by mean is `{best.best}`."
         )
         if best.untestable:
-            text += (
-                f" {len(best.untestable)} of them count as tied only because they have one "
-                "replicate (no test)."
-            )
-    lines = ["", "## Tied for best", "", text]
+            names = ", ".join(f"`{n}`" for n in sorted(map(str, best.untestable)))
+            text += f" Not tested (one replicate), so neither tied nor worse: {names}."
+    lines = ["", heading, "", text]
     lines += [
         "",
         f"| configuration | n | `{conf.metric}` | − best [{CONFIDENCE:.0%} CI] | p | Holm p | "
@@ -138,6 +150,261 @@ def tied_lines(conf: Confidence) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- the headline
+
+#: Most seeds per configuration the headline proposes adding; a difference that needs more is
+#: called too small to settle at this scale.
+SEED_BUDGET = 20
+
+#: The command that adds seeds to a sweep (only the new trials run).
+RESUME_COMMAND = "python -m entrypoints.sweep <spec.yaml> --resume --set replicates={k}"
+
+
+def _stat_text(s: GroupStats | None, over: Sequence[str] = ()) -> str:
+    """``0.9314 ± 0.0021 over 3 seeds`` / ``0.9314, 1 seed`` (plus what else it averages)."""
+    if s is None:
+        return "no value"
+    value = f"{s.mean:.4f}" if s.std is None else f"{s.mean:.4f} ± {s.std:.4f}"
+    return f"{value}, {spread_text(s.n, over)}"
+
+
+def _diff_text(c: Comparison) -> str:
+    if not c.testable:
+        return f"{c.diff:+.4f}, not tested"
+    return (
+        f"{c.diff:+.4f} [{CONFIDENCE:.0%} CI {c.ci_low:+.4f}, {c.ci_high:+.4f}], "
+        f"{'Holm p' if c.family_size > 1 else 'p'} {_p(c.p_reported)}"
+    )
+
+
+def _f_text(imp: Importance) -> str:
+    return f"F({imp.df}, {imp.df_resid}) = {imp.f:.2f}, p {_p(imp.p)}"
+
+
+def _settle(need: int, replicates: int, what: str) -> str:
+    k = replicates + need
+    return (
+        f"{need} more seed{'s' if need != 1 else ''} of {what} (80% power at the observed "
+        f"difference): `{RESUME_COMMAND.format(k=k)}` (runs only the new seeds)."
+    )
+
+
+def _interaction_lines(conf: Confidence) -> tuple[list[str], list[str]]:
+    """(answer lines, what-would-settle lines) of each crossed pair of keys: a 2 x 2 pair is
+    tested by its difference of differences paired by seed (``stats.difference_of_differences``),
+    a larger one by the two-way ANOVA F-test (``stats.key_importance``)."""
+    answers: list[str] = []
+    settle: list[str] = []
+    imp = conf.importance
+    if imp is None:
+        return answers, settle
+    for (a, b), term in imp.interactions.items():
+        contrast = conf.contrasts.get((a, b))
+        figure = f"figure `{file_stem(f'interaction_{a}_x_{b}')}`"
+        effect, p, test = "", term.p, f"two-way ANOVA {_f_text(term)}" if term.p is not None else ""
+        if contrast is not None:
+            (x0, x1), (b0, b1) = contrast.levels, contrast.by_levels
+            e0, e1 = contrast.effects
+            c = contrast.comparison
+            effect = (
+                f"the effect of `{a}` {format_value(x0)} → {format_value(x1)} is {e0:+.4f} at "
+                f"`{b}`={format_value(b0)} and {e1:+.4f} at `{b}`={format_value(b1)}"
+            )
+            if c.testable:
+                p = c.p
+                how = "paired by seed" if c.paired else c.test
+                test = f"their difference {_diff_text(c)} ({how}, {c.n} seeds)"
+        if p is None:
+            answers.append(
+                f"`{a}` × `{b}`: not tested (one seed per configuration)"
+                + (f"; in single runs {effect}" if effect else "")
+                + f". See {figure}."
+            )
+            continue
+        if p < ALPHA:
+            answers.append(
+                f"**`{a}` and `{b}` interact**: "
+                + (f"{effect}; {test}. " if effect else f"{test}. ")
+                + f"Read the effect of each at each value of the other ({figure}), not "
+                "averaged over it."
+            )
+            continue
+        answers.append(
+            f"No evidence that `{a}` and `{b}` interact: "
+            + (f"{effect}; {test}" if effect else test)
+            + ". That is not evidence that they do not: the interval shows what is still "
+            f"possible. See {figure}."
+        )
+        if contrast is not None and contrast.comparison.testable:
+            v = verdict(contrast.comparison, "greater")
+            if v.add_seeds is not None and v.add_seeds <= SEED_BUDGET:
+                settle.append(
+                    f"Whether `{a}` interacts with `{b}`: "
+                    + _settle(v.add_seeds, conf.replicates, "each of the four combinations")
+                )
+            elif v.add_seeds is not None:
+                settle.append(
+                    f"The interaction of `{a}` and `{b}` ({contrast.comparison.diff:+.4f}): "
+                    f"about {v.add_seeds} more seeds each at the observed size, over the "
+                    f"{SEED_BUDGET} this report proposes: at this noise level, more seeds will not "
+                    "settle it."
+                )
+    return answers, settle
+
+
+def _agreement_lines(conf: Confidence) -> list[str]:
+    """The ranking metric against the probe (or kNN): flagged when their orders differ."""
+    ag, second = conf.agreement, conf.second_metric
+    if ag is None or second is None or ag.best is None:
+        return []
+    corr = (
+        f"Spearman ρ = {ag.spearman:.2f}, Kendall τ = {ag.kendall:.2f} over {ag.n} configurations"
+        if ag.spearman is not None and ag.kendall is not None
+        else f"{ag.n} configurations"
+    )
+    if not ag.flips:
+        return [f"`{second}` orders the configurations as `{conf.metric}` does ({corr})."]
+    first_best, second_best = ag.best
+    text = (
+        f"**`{conf.metric}` and `{second}` disagree on the order** ({corr}; "
+        f"{len(ag.flips)} pair{'s' if len(ag.flips) != 1 else ''} in the other order)."
+    )
+    if first_best != second_best:
+        means = conf.comparison_rows()
+        place = next((i for i, r in enumerate(means, 1) if r[CONFIGURATION] == second_best), None)
+        text += f" Best by `{conf.metric}`: `{first_best}`; best by `{second}`: `{second_best}`" + (
+            f" ({_ordinal(place)} by `{conf.metric}`)." if place else "."
+        )
+    shown = "; ".join(f"`{a}` above `{b}`" for a, b in ag.flips[:3])
+    more = f" and {len(ag.flips) - 3} more" if len(ag.flips) > 3 else ""
+    text += f" Order flips (by `{conf.metric}`, reversed by `{second}`): {shown}{more}."
+    return [text]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def headline_lines(results: SweepResults, conf: Confidence) -> list[str]:
+    """``## In short``: the question the sweep asked (its ``description``), the answer in
+    plain words with its numbers (seed noise first when it dominates; nothing claimed with one
+    seed), the interactions of crossed keys, whether the probe agrees with the ranking, and
+    what would settle what is open (configurations, seeds, the command)."""
+    keys = ", ".join(f"`{k}`" for k in conf.keys) or "nothing"
+    question = results.description.strip()
+    lines = ["## In short", ""]
+    lines.append(
+        f"**Question:** {question}"
+        if question
+        else f"**Question** (the spec has no `description`): how does `{conf.metric}` change "
+        f"with {keys}?"
+    )
+    lines.append("")
+    if conf.best is None:
+        return [*lines, f"No completed trial reported `{conf.metric}`: nothing to answer.", ""]
+    rows = conf.comparison_rows()
+    best = conf.best.best
+    best_stats = describe(conf.table[best].values())
+    answer: list[str] = []
+    settle: list[str] = []
+    if len(rows) == 1:
+        answer.append(f"One configuration: `{conf.metric}` {_stat_text(best_stats)}.")
+    elif not conf.tested:
+        lines += [
+            "**One seed per configuration: nothing here is tested.** With one run each, a "
+            "difference between configurations cannot be told from seed noise; the ranking "
+            "below is of single runs, and no configuration is called tied with the best or "
+            "worse than it.",
+            "",
+        ]
+        runner = rows[1]
+        answer.append(
+            f"Highest single run: `{best}` ({best_stats.mean:.4f}); next `{runner[CONFIGURATION]}` "
+            f"({runner['mean']:.4f}, {runner['diff']:+.4f})."
+        )
+        settle.append(
+            f"Any claim: 3 seeds of every configuration (to test `{best}` against "
+            f"`{runner[CONFIGURATION]}` first): `{RESUME_COMMAND.format(k=3)}` (runs only the "
+            "new seeds)."
+        )
+    else:
+        if conf.noise_dominates:
+            imp = conf.importance
+            lines += [
+                "**Seed noise dominates: this sweep cannot tell these configurations apart.** "
+                f"{imp.residual:.0%} of the variance of `{conf.metric}` is between seeds of the "
+                "same configuration, more than any swept key explains, and no key or "
+                "interaction is significant at the 5% level.",
+                "",
+            ]
+        rivals = [r for r in rows[1:] if r[CONFIGURATION] in conf.best.tied]
+        beaten = [r for r in rows[1:] if r[CONFIGURATION] not in conf.best.tied]
+        beaten = [r for r in beaten if r[CONFIGURATION] not in conf.best.untestable]
+        if not rivals and beaten:
+            answer.append(
+                f"`{best}` is best ({_stat_text(best_stats)}): better than every other "
+                f"configuration tested against it (Holm, 5% level); the closest, "
+                f"`{beaten[0][CONFIGURATION]}`, is "
+                f"{_diff_text(conf.best.comparisons[beaten[0][CONFIGURATION]])}."
+            )
+        elif rivals:
+            shown = "; ".join(
+                f"`{r[CONFIGURATION]}` {_diff_text(conf.best.comparisons[r[CONFIGURATION]])}"
+                for r in rivals[:3]
+            )
+            more = f" and {len(rivals) - 3} more" if len(rivals) > 3 else ""
+            answer.append(
+                f"`{best}` has the highest mean ({_stat_text(best_stats)}), but "
+                f"{len(rivals)} other configuration{'s' if len(rivals) != 1 else ''} cannot "
+                f"be told apart from it at the 5% level (difference from it): {shown}{more}."
+            )
+            worse = "less" if conf.mode == "max" else "greater"
+            settleable, too_small = [], []
+            for r in rivals:
+                v = verdict(conf.best.comparisons[r[CONFIGURATION]], worse)
+                if v.add_seeds is not None and v.add_seeds <= SEED_BUDGET:
+                    settleable.append((r[CONFIGURATION], v.add_seeds))
+                elif v.add_seeds is not None:
+                    too_small.append((r, v.add_seeds))
+            if settleable:
+                need = max(k for _, k in settleable)
+                names = ", ".join(f"`{n}`" for n, _ in settleable)
+                settle.append(
+                    f"To tell `{best}` from {names}: "
+                    + _settle(need, conf.replicates, "each configuration")
+                )
+            for r, k in too_small[:3]:
+                settle.append(
+                    f"`{r[CONFIGURATION]}` against `{best}` ({r['diff']:+.4f}): about {k} more "
+                    f"seeds each at the observed difference, over the {SEED_BUDGET} this report "
+                    "proposes: at this noise level, more seeds will not tell them apart."
+                )
+        if conf.best.untestable:
+            names = ", ".join(f"`{n}`" for n in sorted(map(str, conf.best.untestable)))
+            answer.append(f"Not tested (one seed): {names}.")
+        if beaten and rivals:
+            answer.append(
+                f"{len(beaten)} configuration{'s are' if len(beaten) != 1 else ' is'} below "
+                f"`{best}` at the 5% level (Holm)."
+            )
+    inter_answers, inter_settle = _interaction_lines(conf)
+    answer += inter_answers
+    settle += inter_settle
+    answer += _agreement_lines(conf)
+    ag = conf.agreement
+    if ag is not None and ag.best is not None and ag.best[0] != ag.best[1]:
+        settle.append(
+            f"Which of `{ag.best[0]}` (best by `{conf.metric}`) and `{ag.best[1]}` (best by "
+            f"`{conf.second_metric}`) is better depends on the evaluation; the linear probe is "
+            "the paper's protocol. Compare the two on the probe before choosing."
+        )
+    lines += ["**Answer:**", ""] + [f"- {a}" for a in answer]
+    lines += ["", "**What would settle what is open:**", ""]
+    lines += [f"- {s}" for s in settle] if settle else ["- Nothing is open at the 5% level."]
+    return [*lines, ""]
+
+
 #: Comparisons of one finding shown in summary.md; the rest are counted.
 SHOWN_COMPARISONS = 3
 
@@ -159,9 +426,7 @@ def finding_lines(findings: Sequence[Finding]) -> list[str]:
     used = [f for f in findings if f.trials]
     if used:
         lines += ["", "Trials each finding used:", ""]
-        lines += [
-            f"- {f.claim}: " + ", ".join(f"`{_cell(name)}`" for name in f.trials) for f in used
-        ]
+        lines += [f"- {f.claim}: " + ", ".join(f"`{name}`" for name in f.trials) for f in used]
     return lines
 
 
@@ -171,26 +436,42 @@ def importance_lines(conf: Confidence) -> list[str]:
     if conf.importance is not None:
         imp = conf.importance
         unbalanced = not all(i.balanced for i in (*imp.main.values(), *imp.interactions.values()))
+        tests = (
+            "F: each term's F-test against the seed noise (the variation between seeds of one "
+            f"configuration, {imp.df_resid} degrees of freedom): a key's main effect given the "
+            "other keys' main effects, an interaction given every main effect (two-way ANOVA, "
+            "type II)."
+            if imp.df_resid > 0
+            else "With one replicate per configuration there is no seed noise to test against: "
+            "no term is tested (configurations are not replicates of each other)."
+        )
         lines += [
             "",
             "## Which keys matter",
             "",
             f"Share of the variance of `{conf.metric}` over {imp.n} completed trials explained "
-            "by each swept key (main effect, one-way ANOVA; p: its F-test, the other keys left "
-            "in the error term) and by the interaction of two crossed keys; seed noise is the "
-            "share within configurations."
+            "by each swept key (main effect) and by the interaction of two crossed keys; seed "
+            f"noise is the share within configurations. {tests}"
             + (
                 " The design is unbalanced: shares overlap and are descriptive."
                 if unbalanced
                 else ""
             ),
             "",
-            "| term | share | p |",
-            "|---|---|---|",
+            "| term | share | F (df) | p |",
+            "|---|---|---|---|",
         ]
-        p_of = {key: i.p for key, i in imp.main.items()}
+        tested = {key: i for key, i in imp.main.items()}
+        tested |= {f"{a} x {b}": i for (a, b), i in imp.interactions.items()}
         for name, share, _ in importance_terms(imp):
-            lines.append(f"| {_cell(name)} | {share:.3f} | {_p(p_of.get(name))} |")
+            term = tested.get(name)
+            f = (
+                f"{term.f:.2f} ({term.df}, {term.df_resid})"
+                if term is not None and term.f is not None
+                else "—"
+            )
+            p = _p(term.p) if term is not None else "—"
+            lines.append(f"| {_cell(name)} | {share:.3f} | {f} | {p} |")
     if conf.synergies:
         lines += [
             "",
@@ -309,16 +590,18 @@ def summary_markdown(
     lines = [
         f"# Ablation report: {results.experiment}",
         "",
+        *headline_lines(results, conf),
+        "## The sweep",
+        "",
         f"Parent run `{results.parent_run_id}`; {len(rows)} trials: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         "",
         f"Varying: {', '.join(f'`{k}`' for k in keys) or 'nothing'}. Ranking metric: `{metric}` "
         f"(last epoch, validation split; {better} is better). Means are over completed trials: "
-        "mean ± sample std over replicates (n trials).",
-        "",
-        "## Best configurations",
+        "mean ± sample std over seeds (n seeds); with one seed there is no ±.",
         "",
     ]
+    lines += ["## Best configurations", ""]
     shown = [
         m
         for m in shown_metrics(FINAL_METRICS, results.num_classes)
@@ -331,7 +614,7 @@ def summary_markdown(
             "rank",
             *(f"`{k}`" for k in config_keys),
             "n",
-            f"`{metric}`",
+            f"`{metric}` (± over seeds)",
             *(f"`{m}`" for m in shown),
         ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

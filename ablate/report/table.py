@@ -33,7 +33,9 @@ class SweepResults:
     ``status``, ``status_detail``, ``epochs_planned``, each varying key, and the metrics of
     ``vocabulary.RESULT_METRICS`` and ``COMPUTE_METRICS``, None where absent). ``histories``:
     ``run_id -> [(epoch, value)]`` of the ranking metric, epochs ascending. ``num_classes``, when
-    known, hides top-k accuracies with k >= it (always 1.0).
+    known, hides top-k accuracies with k >= it (always 1.0). ``description``: the question the
+    sweep asks (its spec's ``description``; empty when it has none), which ``summary.md``
+    opens with.
     """
 
     experiment: str
@@ -42,6 +44,7 @@ class SweepResults:
     varying_keys: list[str]
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     num_classes: int | None = None
+    description: str = ""
 
 
 def write_results_table(rows: Sequence[Row], path: Path, metadata: dict[str, str]) -> pa.Table:
@@ -97,6 +100,64 @@ def group_stats(
     return {key: value for key, value in described.items() if value is not None}
 
 
+def pairing_key(rows: Sequence[Row]) -> str | None:
+    """What replicates pair by: ``seed`` when every row has one, else ``replicate``, else None
+    (each row its own replicate)."""
+    return next((k for k in ("seed", "replicate") if all(r.get(k) is not None for r in rows)), None)
+
+
+def seed_group_stats(
+    rows: Iterable[Row],
+    keys: Sequence[str],
+    metric: str,
+    statuses: Sequence[str] = COMPARABLE_STATUSES,
+) -> dict[tuple[Any, ...], GroupStats]:
+    """``GroupStats`` of ``metric`` per combination of ``keys`` over *seeds*: the values of one
+    seed (other keys varying within the group) are averaged first, so n counts seeds and a ±
+    is seed noise, not the spread over the other keys. Rows without a seed or replicate are each
+    their own replicate (``pairing_key``)."""
+    used = [r for r in comparable(rows, statuses) if is_finite(r.get(metric))]
+    pair_by = pairing_key(used)
+    groups: dict[tuple[Any, ...], dict[Any, list[float]]] = {}
+    for index, row in enumerate(used):
+        pid = row[pair_by] if pair_by else index
+        group = tuple(row.get(k) for k in keys)
+        groups.setdefault(group, {}).setdefault(pid, []).append(float(row[metric]))
+    described = {
+        group: describe(math.fsum(v) / len(v) for v in by_seed.values())
+        for group, by_seed in groups.items()
+    }
+    return {group: value for group, value in described.items() if value is not None}
+
+
+def averaged_keys(
+    rows: Iterable[Row],
+    label: Callable[[Row], Any],
+    keys: Sequence[str],
+    statuses: Sequence[str] = COMPARABLE_STATUSES,
+) -> dict[Any, list[str]]:
+    """``{label: the keys of ``keys`` that take more than one value among its comparable rows}``:
+    what a mean of that label averages over besides seeds."""
+    values: dict[Any, dict[str, set[str]]] = {}
+    for row in comparable(rows, statuses):
+        name = label(row)
+        if name is None:
+            continue
+        seen = values.setdefault(name, {})
+        for key in keys:
+            seen.setdefault(key, set()).add(format_value(row.get(key)))
+    return {name: [k for k in keys if len(seen.get(k, ())) > 1] for name, seen in values.items()}
+
+
+def spread_text(n: int, over: Sequence[str] = ()) -> str:
+    """What a mean (± std) is taken over: ``"± std over 3 seeds; each seed a mean over
+    model.head"``, ``"1 seed; mean over model.head"``, ``"1 seed"``."""
+    text = "1 seed" if n <= 1 else f"± std over {n} seeds"
+    if over:
+        text += f"; {'mean' if n <= 1 else 'each seed a mean'} over {', '.join(over)}"
+    return text
+
+
 def sorted_values(values: Iterable[Any]) -> list[Any]:
     """The distinct ``values`` sorted: numerically when all are numbers, else by their text."""
     values = list(dict.fromkeys(values))
@@ -125,9 +186,7 @@ def labelled_samples(
     row is its own pairing id, so comparisons fall back to Welch's unpaired t.
     """
     used = [r for r in comparable(rows) if is_finite(r.get(metric)) and label(r) is not None]
-    pair_by = next(
-        (k for k in ("seed", "replicate") if all(r.get(k) is not None for r in used)), None
-    )
+    pair_by = pairing_key(used)
     keyed = [
         {**r, "_label": label(r), "_pair": r[pair_by] if pair_by else index}
         for index, r in enumerate(used)
