@@ -335,3 +335,22 @@ def test_interaction_figures_are_chosen_for_crossed_keys_only():
     uncrossed = [r for r in rows if (r["loss.temperature"], r["model.head"]) != (0.5, "linear")]
     names = [name for name, _ in choose_figures(KEYS, uncrossed)]
     assert not any(name.startswith("interaction_") for name in names)
+
+
+def test_the_spec_description_reaches_the_report_through_mlflow(tmp_path):
+    """The parent run's spec.yaml carries the sweep's description into ``load_results``."""
+    from mlflow import MlflowClient
+
+    from ablate.tracking import SweepTracker, default_tracking_uri, load_results
+
+    uri = default_tracking_uri(tmp_path)
+    spec = f"name: asks\ndescription: '{QUESTION}'\n"
+    tracker = SweepTracker(uri, "asks", execution="e1", spec_text=spec)
+    tracker.start()
+    tracker.close()
+    plain = SweepTracker(uri, "plain", execution="e1", spec_text="name: plain\n")
+    plain.start()
+    plain.close()
+    client = MlflowClient(tracking_uri=uri)
+    assert load_results(client, "asks").description == QUESTION
+    assert load_results(client, "plain").description == ""

@@ -122,7 +122,27 @@ def load_results(
         keys,
         histories,
         num_classes=max(class_counts) if class_counts else None,
+        description=sweep_description(client, parent.info.run_id),
     )
+
+
+def sweep_description(client: MlflowClient, parent_run_id: str) -> str:
+    """The ``description`` of the spec the parent run logged as ``spec.yaml`` (the question
+    the sweep asks, which the report opens with); empty when the run has no readable spec."""
+    import tempfile
+
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(parent_run_id, "spec.yaml", tmp)
+            with open(path, encoding="utf-8") as handle:
+                spec = yaml.safe_load(handle)
+    except (OSError, MlflowException, yaml.YAMLError):
+        return ""
+    description = spec.get("description") if isinstance(spec, dict) else None
+    return description.strip() if isinstance(description, str) else ""
 
 
 def measured_points(
