@@ -8,9 +8,11 @@ Figures 5, 8 and 9, and ``summary.md`` with the configurations ranked by the swe
 mode and the paper's qualitative findings checked on this sweep.
 
 Means and figures use comparable trials only (``vocabulary.COMPARABLE_STATUSES``: a trial stopped
-early by ASHA has fewer epochs); they are mean ± sample std (``stats.describe``) over replicates
-and any other varying key, and configurations rank by ``table.rank_configurations``, the ranking
-``summary.json`` uses too.
+early by ASHA has fewer epochs); they are mean ± sample std (``stats.describe``) over seeds, a
+seed's trials averaged first where another key varies (which the text and figures name), and
+configurations rank by ``table.rank_configurations``, the ranking ``summary.json`` uses too.
+``summary.md`` opens with the answer to the sweep's ``description`` (``markdown.headline_lines``);
+one replicate tests nothing and claims no tie.
 
 One module per concept: ``table`` (results rows, the Parquet table, grouping, the ranking),
 ``augmentation`` (op lists and the Figure 5 matrix), ``findings`` (the ``FINDINGS`` registry of
@@ -28,7 +30,14 @@ from ablate.report.augmentation import (
     parse_ops,
 )
 from ablate.report.build import Report, build_report, validate_plugins
-from ablate.report.confidence import CONFIGURATION, Confidence, assess, importance_terms
+from ablate.report.confidence import (
+    CONFIGURATION,
+    Confidence,
+    assess,
+    importance_terms,
+    interaction_contrasts,
+    second_metric,
+)
 from ablate.report.figures import (
     FIGURES,
     FigureKind,
@@ -43,6 +52,7 @@ from ablate.report.figures import (
     plot_generic,
     plot_head_bars,
     plot_importance,
+    plot_interaction,
     plot_learning_curves,
     plot_temperature,
 )
@@ -63,6 +73,7 @@ from ablate.report.markdown import (
     SHOWN_COMPARISONS,
     finding_lines,
     format_comparison,
+    headline_lines,
     importance_lines,
     stopped_while_improving,
     summary_markdown,
@@ -80,6 +91,8 @@ from ablate.report.table import (
     group_stats,
     labelled_samples,
     rank_configurations,
+    seed_group_stats,
+    spread_text,
     write_results_table,
 )
 
@@ -119,8 +132,10 @@ __all__ = [
     "finding_lines",
     "format_comparison",
     "group_stats",
+    "headline_lines",
     "importance_lines",
     "importance_terms",
+    "interaction_contrasts",
     "labelled_samples",
     "learning_curves_figure",
     "paper_ops",
@@ -131,10 +146,14 @@ __all__ = [
     "plot_generic",
     "plot_head_bars",
     "plot_importance",
+    "plot_interaction",
     "plot_learning_curves",
     "plot_temperature",
     "rank_configurations",
     "replicate_std",
+    "second_metric",
+    "seed_group_stats",
+    "spread_text",
     "stopped_while_improving",
     "summary_markdown",
     "tied_lines",

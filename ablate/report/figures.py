@@ -256,7 +256,7 @@ def _line(
             yerr=[_spread(st) for _, st in points],
             marker="o",
             capsize=3,
-            label=f"{split}={format_value(value)}" if split else label,
+            label=format_value(value) if split else label,
         )
     positive = [x for x in xs if numeric and x > 0]
     if numeric and len(positive) == len(xs) and xs and max(xs) / min(xs) >= 10:
@@ -796,7 +796,8 @@ def plot_forest(conf: Confidence, stem: Path) -> list[Path]:
     tested (one replicate) a hollow grey point without an interval; a legend names the ones
     present."""
     rows = conf.comparison_rows()
-    fig = Figure(figsize=(7, max(2.5, 0.32 * len(rows) + 1.5)))
+    longest = max((len(_short(r[CONFIGURATION])) for r in rows), default=0)
+    fig = Figure(figsize=(6.5 + 0.06 * longest, max(2.5, 0.32 * len(rows) + 1.5)))
     ax = fig.add_subplot()
     styles = {
         "best": ("black", "D", "the best by mean"),

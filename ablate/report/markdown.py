@@ -1,10 +1,13 @@
 """``summary.md``: the report as Markdown, and the formatters of its lines.
 
-``summary_markdown`` writes the trial counts, the configurations ranked as ``summary.json``
-ranks them (``table.best_configurations``), the set tied for best with every configuration
-against it, the findings with their comparisons and verdicts, the importance of each key and
-the synergy of compositions (``confidence``), early stopping, the trials that did not
-complete, compute and the figures.
+``summary_markdown`` opens with ``headline_lines`` (``## In short``: the question the sweep
+asked, its answer in plain words with the numbers -- seed noise first when it dominates,
+nothing claimed with one seed --, the interactions of crossed keys, whether the probe agrees
+with the ranking, and what would settle what is open), then writes the trial counts, the
+configurations ranked as ``summary.json`` ranks them (``table.best_configurations``), the set
+tied for best with every configuration against it, the findings with their comparisons and
+verdicts, the importance of each key with its F-test and the synergy of compositions
+(``confidence``), early stopping, the trials that did not complete, compute and the figures.
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ def tied_lines(conf: Confidence) -> list[str]:
             row["verdict"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if family == 0:
+        return [*lines, "", "Table: `comparisons.parquet`."]
     lines += [
         "",
         "Differences are paired by seed (replicate r of every configuration shares its seed, data "
