@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from ablate import encoders, losses, ops
+from ablate.data.sources import SOURCES
 from ablate.registry import Registry, is_plugin_name
 
 #: The built-in augmentation ops (``ablate.ops.OPS``): the paper's Figure 5 plus horizontal flip
@@ -160,10 +161,10 @@ class StrictModel(TypedModel):
 class DataConfig(StrictModel):
     """Where images come from and how they are split (see ``ablate.data``)."""
 
-    name: Literal["cifar10", "cifar100", "stl10", "image_folder", "parquet", "synthetic"] = Field(
+    name: Annotated[str, AfterValidator(_names_in(SOURCES))] = Field(
         "synthetic",
         description="Image source: synthetic shapes (no download), torchvision sets, an image "
-        "folder or Parquet files.",
+        "folder, Parquet files, or your own as module.path:factory (ablate.data.sources).",
     )
     root: str | None = Field(
         None, description="torchvision datasets and image_folder: the root directory."

@@ -44,6 +44,7 @@ PLUGIN_KEYS: dict[str, str] = {
     "augment.base": "op",
     "loss.name": "loss",
     "model.arch": "encoder",
+    "data.name": "source",
 }
 #: Ray's variable holding a submitted job's config (runtime env) for its driver process.
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -172,7 +173,11 @@ def check(plan: SweepPlan) -> None:
     for use in plugin_uses(plan):
         where = f"space.{use.key}" if use.key in plan.spec.space else use.key
         try:
-            _CHECKS[PLUGIN_KEYS[use.key]](use)
+            # A source has no check here: the driver's load in preflight runs its factory on
+            # the real config and checks what it returns (ablate.data.sources.plugin).
+            kind = PLUGIN_KEYS[use.key]
+            if kind in _CHECKS:
+                _CHECKS[kind](use)
         except Exception as error:  # whatever the user's code raises
             raise SpecError(
                 plan.source,

@@ -1,6 +1,7 @@
 """The search-space reference (``docs/search_space.md``), generated from the spec's pydantic
 models (``ablate.spec``), the trial-config schema (``ablate.config``) and the registries of the
-components (``ablate.ops``, ``ablate.losses``, ``ablate.encoders``), so it cannot drift.
+components (``ablate.ops``, ``ablate.losses``, ``ablate.encoders``, ``ablate.data.sources``,
+``ablate.searchers``), so it cannot drift.
 
     python -m ablate.reference > docs/search_space.md
 """
@@ -15,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ablate import encoders, losses, ops
+from ablate import encoders, losses, ops, searchers
 from ablate.config import TrialConfig
+from ablate.data.sources import SOURCES
 from ablate.registry import Registry
 from ablate.spec import ParamValues, SweepSpec, section_model
 
@@ -196,12 +198,13 @@ dashboard the worker groups of trials that ASHA stopped stay reserved until the 
 
 
 _COMPONENTS_INTRO = """
-## Components: augmentation ops, losses, encoders
+## Components: augmentation ops, losses, encoders, data sources, searchers, schedulers
 
-The names these keys take come from the registries of `ablate.ops`, `ablate.losses` and
-`ablate.encoders` (listed below as registered). Each key also takes your own component, named
-by import path, `module.path:factory` (e.g. `augment.ops: [crop, color, examples.my_op:solarize]`,
-`loss.name: my_losses:info_nce`, `model.arch: my_nets:convnext_nano`). The module is imported
+The names these keys take come from the registries of `ablate.ops`, `ablate.losses`,
+`ablate.encoders`, `ablate.data.sources` and `ablate.searchers` (listed below as registered).
+Each key also takes your own component, named by import path, `module.path:factory`
+(e.g. `augment.ops: [crop, color, examples.my_op:solarize]`, `loss.name: my_losses:info_nce`,
+`model.arch: my_nets:convnext_nano`, `data.name: my_data:stripes`). The module is imported
 from the directory the sweep is launched in (or wherever it is installed) when the spec is
 validated; a name that does not import, or an object that does not fit its axis, is an error at
 its key (exit status 2) before Ray starts. Ray makes the module importable on every worker: a
@@ -220,6 +223,14 @@ top-level module or package (`py_modules` of the job's runtime environment).
   `nn.Module` with an int `feat_dim` whose forward maps images `(N, 3, H, W)` to features
   `(N, feat_dim)` (the `ablate.encoders.Encoder` protocol). Preflight builds it and runs a
   two-image batch through it.
+- **data source** (`data.name`): `factory(cfg)` gets the `data` section and returns
+  `(train, test, class_names)`, `train`/`test` each `(images (N, H, W, 3) uint8, labels (N,)
+  int)`; limits, resizing, caching, normalisation and the class-balanced splits then apply as
+  for a built-in (`ablate.data.sources.plugin`). The driver's load checks it before any trial.
+- **searcher** (`algorithm.name`): `factory(section, plan)` returns a Ray Tune `Searcher`
+  proposing `{dotted key: value}` from `space` as `optuna` does; **scheduler**
+  (`scheduler.name`): `factory(section, plan)` returns a Tune `TrialScheduler`
+  (`ablate.searchers`). Both run in the driver only.
 """
 
 
@@ -228,7 +239,8 @@ def _registry_section(title: str, registry: Registry[Any], extra: str = "") -> s
 
 
 def render_components() -> str:
-    """The components section: every registered op, loss and encoder with its description."""
+    """The components section: every registered op, loss, encoder, data source, searcher and
+    scheduler with its description."""
     presets = "".join(
         f"- preset `{name}`: {', '.join(f'`{op}`' for op in names) or 'no op'}\n"
         for name, names in ops.PRESETS.items()
@@ -238,6 +250,9 @@ def render_components() -> str:
         + _registry_section("Augmentation ops", ops.OPS, presets)
         + _registry_section("Losses", losses.LOSSES)
         + _registry_section("Encoders", encoders.ENCODERS)
+        + _registry_section("Data sources", SOURCES)
+        + _registry_section("Searchers", searchers.SEARCHERS)
+        + _registry_section("Schedulers", searchers.SCHEDULERS)
     )
 
 
