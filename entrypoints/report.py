@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             "no tracking URI: pass --tracking-uri (a sweep's default store is "
             "sqlite:////<storage_path>/mlflow.db) or set MLFLOW_TRACKING_URI"
         )
-    # Imported after the arguments are read: ablate.tracking imports Ray and MLflow.
+    # Imported after the arguments are read: ablate.tracking imports MLflow (not Ray).
     from ablate.report import SHOWN_COMPARISONS, format_comparison
     from ablate.tracking import StorageError, publish_report
 
