@@ -354,3 +354,23 @@ def test_the_spec_description_reaches_the_report_through_mlflow(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     assert load_results(client, "asks").description == QUESTION
     assert load_results(client, "plain").description == ""
+
+
+def test_the_forest_plot_colours_tied_below_and_untested_apart():
+    """One replicate: every point hollow and 'not tested', none 'tied'; with seeds, the ones
+    Holm separates from the best are 'below', the rest 'tied'."""
+    from ablate.report import assess, forest_figure
+
+    def legend(rows: list[dict]) -> list[str]:
+        figure = forest_figure(assess(rows, KEYS, "val/knn_top1"))
+        return [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+
+    single = legend(crossed(INTERACTING, seeds=1))
+    assert single == ["the best by mean", "not tested (one seed: no interval)"]
+    seeded = legend(crossed(INTERACTING))
+    assert seeded == ["the best by mean", "below the best (Holm p < 0.05)"]
+    rng = np.random.default_rng(0)
+    noisy = [
+        r | {"val/knn_top1": r["val/knn_top1"] + rng.normal(0, 0.05)} for r in crossed(ADDITIVE)
+    ]
+    assert "tied with the best (Holm p ≥ 0.05)" in legend(noisy)

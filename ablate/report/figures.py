@@ -791,6 +791,11 @@ def draw_figures(
 
 
 def plot_forest(conf: Confidence, stem: Path) -> list[Path]:
+    """``forest_figure`` written as ``stem.png`` and ``stem.svg``."""
+    return _save(forest_figure(conf), stem)
+
+
+def forest_figure(conf: Confidence) -> Figure:
     """Each configuration's difference from the best (paired by seed) with its 95% CI, best at
     the top: tied with the best (Holm p >= alpha) blue, below it (Holm p < alpha) red, not
     tested (one replicate) a hollow grey point without an interval; a legend names the ones
@@ -841,7 +846,7 @@ def plot_forest(conf: Confidence, stem: Path) -> list[Path]:
         if k in present
     ]  # fmt: skip
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, stem)
+    return fig
 
 
 def _short(label: str, limit: int = 48) -> str:
