@@ -234,11 +234,13 @@ def _interaction_lines(conf: Confidence) -> tuple[list[str], list[str]]:
                 "averaged over it."
             )
             continue
+        with_interval = contrast is not None and contrast.comparison.testable
         answers.append(
             f"No evidence that `{a}` and `{b}` interact: "
             + (f"{effect}; {test}" if effect else test)
-            + ". That is not evidence that they do not: the interval shows what is still "
-            f"possible. See {figure}."
+            + ". Not significant is not the same as no interaction"
+            + (": the interval shows how large it could still be." if with_interval else ".")
+            + f" See {figure}."
         )
         if contrast is not None and contrast.comparison.testable:
             v = verdict(contrast.comparison, "greater")
@@ -248,11 +250,13 @@ def _interaction_lines(conf: Confidence) -> tuple[list[str], list[str]]:
                     + _settle(v.add_seeds, conf.replicates, "each of the four combinations")
                 )
             elif v.add_seeds is not None:
+                c = contrast.comparison
                 settle.append(
-                    f"The interaction of `{a}` and `{b}` ({contrast.comparison.diff:+.4f}): "
-                    f"about {v.add_seeds} more seeds each at the observed size, over the "
-                    f"{SEED_BUDGET} this report proposes: at this noise level, more seeds will not "
-                    "settle it."
+                    f"The interaction of `{a}` and `{b}` ({c.diff:+.4f}, {CONFIDENCE:.0%} CI "
+                    f"{c.ci_low:+.4f} to {c.ci_high:+.4f}): detecting one of the observed size "
+                    f"would take about {v.add_seeds} more seeds each, more than the "
+                    f"{SEED_BUDGET} this report proposes; this sweep can only say that an "
+                    "interaction beyond the interval is unlikely."
                 )
     return answers, settle
 
@@ -289,6 +293,21 @@ def _agreement_lines(conf: Confidence) -> list[str]:
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+def _widest_interval(conf: Confidence) -> str:
+    """`` With 2 seeds, the 95% intervals of the differences reach ±1.7.``"""
+    if conf.best is None:
+        return ""
+    halves = [
+        (c.ci_high - c.ci_low) / 2 for c in conf.best.comparisons.values() if c.ci_low is not None
+    ]
+    if not halves:
+        return ""
+    return (
+        f" With {conf.replicates} seeds, the {CONFIDENCE:.0%} intervals of the differences from "
+        f"the best reach ±{max(halves):.2g}."
+    )
 
 
 def headline_lines(results: SweepResults, conf: Confidence) -> list[str]:
@@ -340,7 +359,7 @@ def headline_lines(results: SweepResults, conf: Confidence) -> list[str]:
                 "**Seed noise dominates: this sweep cannot tell these configurations apart.** "
                 f"{imp.residual:.0%} of the variance of `{conf.metric}` is between seeds of the "
                 "same configuration, more than any swept key explains, and no key or "
-                "interaction is significant at the 5% level.",
+                "interaction is significant at the 5% level." + _widest_interval(conf),
                 "",
             ]
         rivals = [r for r in rows[1:] if r[CONFIGURATION] in conf.best.tied]
@@ -381,9 +400,10 @@ def headline_lines(results: SweepResults, conf: Confidence) -> list[str]:
                 )
             for r, k in too_small[:3]:
                 settle.append(
-                    f"`{r[CONFIGURATION]}` against `{best}` ({r['diff']:+.4f}): about {k} more "
-                    f"seeds each at the observed difference, over the {SEED_BUDGET} this report "
-                    "proposes: at this noise level, more seeds will not tell them apart."
+                    f"`{r[CONFIGURATION]}` against `{best}` ({r['diff']:+.4f}): telling them "
+                    f"apart would take about {k} more seeds each (80% power at the observed "
+                    f"difference), more than the {SEED_BUDGET} this report proposes: at this "
+                    "noise level this sweep cannot separate them."
                 )
         if conf.best.untestable:
             names = ", ".join(f"`{n}`" for n in sorted(map(str, conf.best.untestable)))
