@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ablate.config import AUGMENTATION_OPS, FIGURE5_OPS
+from ablate.ops import BUILTIN as AUGMENTATION_OPS  # not via ablate.config: it loads ablate.data
+from ablate.ops import FIGURE5 as FIGURE5_OPS
 from ablate.report.table import Row, comparable, pairing_key
 from ablate.stats import describe
 from ablate.vocabulary import COMPARABLE_STATUSES, DEFAULT_RANKING_METRIC, OPS_KEY, format_value
