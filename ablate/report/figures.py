@@ -461,7 +461,10 @@ def learning_curves_figure(
     keys = configuration_keys(varying_keys, rows)
     configs = sorted_configs(rows, keys)
     colours = dict(zip(configs, _colours(len(configs)), strict=True))
-    fig = Figure(figsize=(7 + (3.5 if keys else 0), 4.5))
+    # Room for the legend beside the axes, so that tight_layout does not squeeze the axes.
+    longest = max((len(configuration_label(c, keys)) for c in configs), default=0)
+    columns = 1 if len(configs) <= 18 else 2
+    fig = Figure(figsize=(7 + (columns * (0.05 * longest + 0.8) if keys else 0), 4.5))
     ax = fig.add_subplot()
     statuses: set[str] = set()
     drawn: list[tuple[Any, ...]] = []
