@@ -8,9 +8,10 @@ user's searcher or scheduler (``check_components``: its factory builds the Tune 
 key needs) and plugin components (``ablate.plugins.check``); the sweep's driver lock
 (``ablate.driverlock``: ``<storage>/<sweep>/driver.lock``, the one thing written here, so
 that a second driver of the same sweep is refused and the next check cannot race another
-driver's start); the sweep's results directory (refused unless ``--resume``; on resume, a
-changed or damaged ``plan.json`` is refused and Tune's saved experiment state is checked,
-``ablate.tunestate``) and, when tracking is on, whether the MLflow store answers
+driver's start); the sweep's results directory (refused unless ``--resume``; on resume, the
+spec is matched against the saved rounds, ``ablate.rounds``: more trials extend the sweep, a
+changed or damaged ``plan.json`` is refused, and Tune's saved experiment state of each round
+is checked, ``ablate.tunestate``) and, when tracking is on, whether the MLflow store answers
 (``ablate.tracking``, imported only then: it imports Ray). Its ``Preflight`` says what the
 sweep needs to go on and holds the lock, which a failed check releases. The cluster's
 resources are known only once Ray is connected: ``check_cluster`` holds that rule, and
@@ -19,7 +20,6 @@ resources are known only once Ray is connected: ``check_cluster`` holds that rul
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate import data, driverlock, plugins
+from ablate import data, driverlock, plugins, rounds
 from ablate.config import ConfigurationError, DataConfig
 from ablate.searchers import (
     SCHEDULERS,
@@ -49,6 +49,9 @@ class Preflight:
     restore: bool
     tracking_uri: str | None
     lock: driverlock.DriverLock | None = None
+    #: On ``--resume``: the saved rounds and the trials an extended spec adds
+    #: (``ablate.rounds.check_resume``); None for a new sweep.
+    resume: rounds.Resume | None = None
 
     def release(self) -> None:
         """Release the driver lock (idempotent)."""
@@ -67,8 +70,13 @@ def check(plan: SweepPlan, resume: bool = False) -> Preflight:
     plugins.check(plan)
     lock = take_driver_lock(plan)
     try:
-        restore = check_experiment_dir(plan, resume, lock)
-        return Preflight(restore=restore, tracking_uri=check_tracking(plan), lock=lock)
+        resumed = check_experiment_dir(plan, resume, lock)
+        return Preflight(
+            restore=resumed is not None,
+            tracking_uri=check_tracking(plan),
+            lock=lock,
+            resume=resumed,
+        )
     except BaseException:
         if lock is not None:
             lock.release()
@@ -144,10 +152,12 @@ def check_storage_path(plan: SweepPlan) -> None:
 
 def check_experiment_dir(
     plan: SweepPlan, resume: bool, lock: driverlock.DriverLock | None = None
-) -> bool:
-    """Refuse to overwrite a sweep; on resume, refuse a changed or damaged ``plan.json`` and
-    check Tune's saved state (``ablate.tunestate.choose_state``: the newest intact one, or
-    ``SpecError`` naming the damaged file). True: restore from it.
+) -> rounds.Resume | None:
+    """Refuse to overwrite a sweep; on resume, match the spec against the saved rounds
+    (``ablate.rounds.check_resume``: an extended spec adds trials, a changed or damaged plan
+    is refused) and check Tune's saved state of each round (``ablate.tunestate.choose_state``:
+    the newest intact one, or ``SpecError`` naming the damaged file). Returns what to resume,
+    None for a new sweep.
 
     ``lock``: the sweep's driver lock, held: a directory that lock created is a new sweep
     (checked under the lock, so two drivers started together cannot both find no results).
@@ -156,7 +166,7 @@ def check_experiment_dir(
     """
     directory = plan.experiment_dir
     if lock.created_directory if lock is not None else not path_exists(directory):
-        return False
+        return None
     if not resume:
         raise SpecError(
             plan.source,
@@ -164,37 +174,20 @@ def check_experiment_dir(
             f"{directory} already exists: pass --resume to continue that sweep, or give a new "
             "name (--set name=...) or --storage-path",
         )
-    saved_plan = _saved_plan(plan)
-    if saved_plan is not None and saved_plan != json.loads(plan.plan_json()):
-        raise SpecError(
-            plan.source,
-            "name",
-            f"the spec's trials differ from those {directory} was started with; --resume "
-            "continues the original plan only: restore the spec (and --set values) or use a "
-            "new name",
-        )
+    saved = rounds.saved_rounds(directory)
+    resumed = (
+        rounds.check_resume(plan, saved)
+        if saved
+        # Started but stopped before its plan was written: the spec's plan is the plan.
+        else rounds.Resume([], [], [])
+    )
     from ablate import tunestate  # imports Ray Tune: only on resume
 
-    tunestate.choose_state(directory, plan.source)
-    return True
-
-
-def _saved_plan(plan: SweepPlan) -> Any:
-    """The parsed ``plan.json`` of the sweep's directory (None: there is none). Raises
-    ``SpecError`` naming the file when it is not JSON (e.g. cut short)."""
-    path = f"{plan.experiment_dir}/plan.json"
-    try:
-        text = read_text(path)
-        return None if text is None else json.loads(text)
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise SpecError(
-            path,
-            "",
-            f"is damaged ({error}), so --resume cannot check that the spec still plans the "
-            f"trials this sweep was started with (its spec is {plan.experiment_dir}/spec.yaml). "
-            f"Restore {path} from a backup and pass --resume again, or run the sweep anew "
-            "under another name (--set name=<new name>, without --resume)",
-        ) from None
+    for saved_round in saved or [None]:
+        tunestate.choose_state(
+            saved_round.experiment_dir if saved_round else directory, plan.source
+        )
+    return resumed
 
 
 # ----------------------------------------------------------------------------- data

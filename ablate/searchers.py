@@ -38,6 +38,8 @@ This module imports no Ray: the built-ins import their Tune classes when built.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -165,8 +167,14 @@ def asha(section: Any, plan: SweepPlan) -> Any:
         max_t=section.max_t or plan.max_epochs(),
         grace_period=section.grace_period,
         reduction_factor=section.reduction_factor,
-        replicates=plan.spec.replicates,
+        # The replicates of a configuration among this plan's trials: a later round of an
+        # extended sweep (ablate.rounds) runs only the new seeds, and judges those together.
+        replicates=max(Counter(_configuration(t.varying) for t in plan.trials).values(), default=1),
     )
+
+
+def _configuration(varying: dict[str, Any]) -> str:
+    return json.dumps(varying, sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------- building

@@ -17,6 +17,7 @@ writes ``docs/search_space.md`` from the models below, so the reference cannot d
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import itertools
 import json
@@ -26,7 +27,7 @@ import re
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -45,7 +46,7 @@ from ablate.ops import OPS
 from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
 from ablate.recipes import merge as merge_sections
 from ablate.searchers import SCHEDULERS, SEARCHERS, names_text
-from ablate.trialrecord import PlannedTrial
+from ablate.trialrecord import PlannedTrial, planned_key
 from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY, RANKING_METRICS, format_value
 
 #: The trial-config sections a spec may set at its top level (the base configuration).
@@ -262,6 +263,26 @@ class StorageSpec(_SpecModel):
     )
 
 
+class RacingSpec(_SpecModel):
+    """``replicates: {min: 2, max: 8}``: race the configurations (``ablate.rounds``)."""
+
+    min: int = Field(
+        2,
+        ge=2,
+        le=MAX_REPLICATES,
+        description="Seeds every configuration runs first; at least 2, the fewest a paired "
+        "comparison can test.",
+    )
+    max: int = Field(
+        ...,
+        ge=2,
+        le=MAX_REPLICATES,
+        description="Seeds a configuration may reach: after each round one more seed goes to "
+        "every configuration the comparison with the best leaves undecided, until none is or "
+        "they have `max`.",
+    )
+
+
 class SweepSpec(_SpecModel):
     """The top level of a spec file (plus the trial-config sections, documented below)."""
 
@@ -291,19 +312,39 @@ class SweepSpec(_SpecModel):
         "`[{train.batch_size: 256, train.epochs: 100}, ...]`; crossed with `space`. Entries may "
         "set different keys.",
     )
-    replicates: int = Field(
+    replicates: Annotated[int, Field(ge=1, le=MAX_REPLICATES)] | RacingSpec = Field(
         1,
-        ge=1,
-        le=MAX_REPLICATES,
         description="Run every configuration with K seeds: `train.seed` = base seed + replicate "
         f"index, 1 <= K <= {MAX_REPLICATES}. The summary reports mean ± std over replicates. "
         f"A sweep plans at most {MAX_TRIALS:,} trials (configurations x replicates), checked "
-        "before any configuration is expanded.",
+        "before any configuration is expanded. Raising K (or adding grid values) and passing "
+        "`--resume` runs only the new trials. `{min: 2, max: 8}` (2 <= min <= max <= "
+        f"{MAX_REPLICATES}; min defaults to 2) races the configurations "
+        "(irace's rule, López-Ibáñez et al. 2016): every one runs `min` seeds, then rounds add "
+        "one seed to each configuration still undecided against the best (paired t, Holm, as "
+        "the report decides) until none is or it has `max` (grid/random, scheduler fifo).",
     )
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @property
+    def racing(self) -> RacingSpec | None:
+        """The racing bounds (``replicates: {min, max}``), None for a fixed count."""
+        return self.replicates if isinstance(self.replicates, RacingSpec) else None
+
+    @property
+    def min_replicates(self) -> int:
+        """Seeds every configuration is planned with from the start."""
+        racing = self.racing
+        return racing.min if racing is not None else int(self.replicates)  # type: ignore[arg-type]
+
+    @property
+    def max_replicates(self) -> int:
+        """Seeds a configuration may reach (racing: ``max``)."""
+        racing = self.racing
+        return racing.max if racing is not None else int(self.replicates)  # type: ignore[arg-type]
 
 
 SPEC_KEYS: tuple[str, ...] = tuple(SweepSpec.model_fields)
@@ -392,6 +433,19 @@ class SweepPlan:
             pv = self.sampled["train.epochs"]
             epochs += [int(v) for v in (pv.randint or pv.choice or pv.uniform or [])]
         return max(epochs)
+
+    def configurations(self) -> list[dict[str, Any]]:
+        """The distinct varying values of the planned trials, in run order (one entry per
+        configuration, whatever its replicates)."""
+        seen: dict[str, dict[str, Any]] = {}
+        for trial in self.trials:
+            seen.setdefault(planned_key(trial.varying, 0), trial.varying)
+        return list(seen.values())
+
+    def with_trials(self, trials: Sequence[PlannedTrial]) -> SweepPlan:
+        """This plan holding ``trials`` instead (an extended or raced sweep's trials so far,
+        or one round's)."""
+        return dataclasses.replace(self, trials=list(trials))
 
     def plan_json(self) -> str:
         """The planned trials as JSON (``plan.json`` of a sweep; ``--resume`` compares it)."""
@@ -659,6 +713,7 @@ def build_sweep(
 
     spec.storage.path = absolute_storage_path(spec.storage.path)
     _check_overrides_not_swept(spec, overrides, source)
+    _check_racing(spec, source)
     _check_plan_size(spec, source)
     sampled = _check_space(spec, base, source)
     expands = _expands(spec)
@@ -709,6 +764,36 @@ def absolute_storage_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def _check_racing(spec: SweepSpec, source: str) -> None:
+    """``replicates: {min, max}``: min <= max, trials the plan enumerates (grid, random) and a
+    scheduler that runs every trial to its end (a race compares final values)."""
+    racing = spec.racing
+    if racing is None:
+        return
+    if racing.min > racing.max:
+        raise SpecError(
+            source,
+            "replicates.min",
+            f"{racing.min} exceeds replicates.max={racing.max}; racing starts every "
+            "configuration with min seeds and stops at max",
+        )
+    if _expands(spec) is None:
+        raise SpecError(
+            source,
+            "replicates",
+            f"racing adds seeds to planned configurations; {spec.algorithm.name} proposes its "
+            "own: use algorithm grid or random",
+        )
+    if SCHEDULERS.get(spec.scheduler.name).meta["early_stopping"]:
+        raise SpecError(
+            source,
+            "scheduler.name",
+            f"racing compares configurations on their final {spec.scheduler.metric}; "
+            f"{spec.scheduler.name} stops trials early: use scheduler fifo with racing, or a "
+            "fixed `replicates: K`",
+        )
+
+
 def _check_overrides_not_swept(spec: SweepSpec, overrides: Sequence[str], source: str) -> None:
     swept = set(spec.space) | {k for entry in spec.together for k in entry}
     for text in overrides:
@@ -742,7 +827,7 @@ def planned_trials(spec: SweepSpec) -> tuple[int, list[tuple[str, int]]]:
         factors.append(("together", len(spec.together)))
     if expands == "random":
         factors.append(("algorithm.num_samples", spec.algorithm.num_samples))
-    factors.append(("replicates", spec.replicates))
+    factors.append(("replicates", spec.max_replicates))
     return math.prod(n for _, n in factors), factors
 
 
@@ -905,10 +990,11 @@ def _expand(
         for point in grid:
             drawn = {key: draw(values, rng) for key, values in sampled.items()}
             configurations.append(_in_spec_order({**point, **drawn}, spec))
-    order = [(r, varying) for r in range(spec.replicates) for varying in configurations]
+    replicates = spec.min_replicates
+    order = [(r, varying) for r in range(replicates) for varying in configurations]
     by_configuration = SCHEDULERS.get(spec.scheduler.name).meta["by_configuration"]
-    if by_configuration and spec.replicates > 1:
-        order = [(r, varying) for varying in configurations for r in range(spec.replicates)]
+    if by_configuration and replicates > 1:
+        order = [(r, varying) for varying in configurations for r in range(replicates)]
     return [_planned_trial(base, varying, r, source, spec) for r, varying in order]
 
 
@@ -1002,14 +1088,16 @@ def _check_scheduler(sweep: SweepPlan, source: str) -> None:
 # ----------------------------------------------------------------------------- schema walking
 
 
-def section_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field's annotation holds (``X``, ``X | None``), else None."""
+def section_model(annotation: Any, members: bool = False) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (``X``, ``X | None``), else None. A union
+    of a model with another kind of value (``replicates``: a count or racing bounds) is a
+    value, not a section, unless ``members``: then its model member."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    for arg in typing.get_args(annotation):
-        model = section_model(arg)
-        if model is not None:
-            return model
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    models = [m for m in (section_model(a, members) for a in args) if m is not None]
+    if models and (members or len(models) == len(args)):
+        return models[0]
     return None
 
 
@@ -1098,11 +1186,16 @@ def valid_range(model: type[BaseModel], loc: Sequence[Any]) -> str | None:
         if current is None or not isinstance(part, str) or part not in current.model_fields:
             return None
         info = current.model_fields[part]
-        current = section_model(info.annotation)
+        current = section_model(info.annotation, members=True)
     if info is None:
         return None
     lower = upper = ""
-    for bound in info.metadata:
+    bounds = list(info.metadata)
+    for member in typing.get_args(info.annotation):  # a union's bounded member (replicates)
+        if typing.get_origin(member) is Annotated:
+            for meta in member.__metadata__:
+                bounds += getattr(meta, "metadata", [meta])
+    for bound in bounds:
         for attr, template in (("ge", "{} <= "), ("gt", "{} < ")):
             if getattr(bound, attr, None) is not None:
                 lower = template.format(_number(getattr(bound, attr)))
@@ -1146,6 +1239,15 @@ def _schema_error(
 
 def _spec_model_error(source: str, error: ValidationError) -> SpecError:
     issue = error.errors()[0]
+    if issue["loc"][:1] == ("replicates",) and len(issue["loc"]) > 1:
+        # Of the union's members (a count, or racing bounds), the one the value was written as.
+        racing = isinstance(issue["input"], dict) or any(
+            isinstance(i["input"], dict) for i in error.errors()
+        )
+        member = [i for i in error.errors() if (i["loc"][1] == RacingSpec.__name__) == racing] or [
+            issue
+        ]
+        issue = {**member[0], "loc": ("replicates", *member[0]["loc"][2:])}
     loc = [str(p) for p in issue["loc"]]
     # `space` keys contain dots: keep them as one segment of the path.
     key = ".".join(loc)
@@ -1153,7 +1255,7 @@ def _spec_model_error(source: str, error: ValidationError) -> SpecError:
         model: type[BaseModel] = SweepSpec
         for part in loc[:-1]:
             info = model.model_fields.get(part)
-            sub = section_model(info.annotation) if info is not None else None
+            sub = section_model(info.annotation, members=True) if info is not None else None
             if sub is not None:
                 model = sub
         scope = ".".join(loc[:-1]) or "the top level"

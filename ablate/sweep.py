@@ -57,6 +57,7 @@ from ablate import (
     plugins,
     preflight,
     relay,
+    rounds,
     stats,
     trialrecord,
     vocabulary,
@@ -526,8 +527,12 @@ def build_tuner(
     placement_janitor: str | None = None,
     restore: bool = False,
     verbose: bool = False,
+    round_index: int = 0,
 ) -> tune.Tuner:
-    """A new ``Tuner`` for ``plan``, or the one restored from its experiment directory.
+    """A new ``Tuner`` for ``plan``'s trials, or the one restored from its experiment directory.
+
+    ``round_index``: the sweep's round the trials make (``ablate.rounds``): 0 is the sweep's
+    own experiment directory, a later round's experiment is ``<experiment_dir>/round-k``.
 
     ``report_relay``: an ``ablate.relay.ReportRelay`` handle (``relay.start_relay()``);
     ``placement_janitor``: the name of an ``ablate.placement`` janitor, else each trial's Train
@@ -545,9 +550,10 @@ def build_tuner(
         # One byte of memory: Tune needs a non-empty bundle; the worker group holds the compute.
         {"memory": 1},
     )
-    if restore and tune.Tuner.can_restore(plan.experiment_dir):
+    experiment = rounds.round_dir(plan.experiment_dir, round_index)
+    if restore and tune.Tuner.can_restore(experiment):
         return tune.Tuner.restore(
-            plan.experiment_dir,
+            experiment,
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=True,
@@ -567,8 +573,8 @@ def build_tuner(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=plan.name,
-            storage_path=plan.storage_path,
+            name=rounds.round_name(round_index) or plan.name,
+            storage_path=plan.experiment_dir if round_index else plan.storage_path,
             # Explicit, so results reach disk even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set.
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
             progress_reporter=_reporter(plan) if verbose else None,
@@ -680,8 +686,8 @@ def _run_checked(
             *callbacks,
         ]
     with tracker if tracker is not None else contextlib.nullcontext():
-        rows, records, summary_path = _run_trials(
-            plan, checked.restore, address, callbacks, share_data, verbose
+        rows, records, summary_path, plan = _run_trials(
+            plan, checked.resume, address, callbacks, share_data, verbose
         )
     report_path = None
     if tracker is not None:
@@ -712,13 +718,14 @@ def sweep_log_path(plan: SweepPlan) -> str:
 
 def _run_trials(
     plan: SweepPlan,
-    restore: bool,
+    resume: rounds.Resume | None,
     address: str | None,
     callbacks: Sequence[Any],
     share_data: bool,
     verbose: bool = False,
-) -> tuple[list[dict[str, Any]], list[TrialRecord], str]:
-    """Connect to Ray, check the cluster, run the Tuner; write and print the summary.
+) -> tuple[list[dict[str, Any]], list[TrialRecord], str, SweepPlan]:
+    """Connect to Ray, check the cluster, run the rounds' Tuners; write and print the summary.
+    Returns the rows, the records, where the summary is and the plan of every trial run.
 
     Unless ``verbose``, the console shows ``ablate.console.SweepConsole``'s view and Ray's own
     output goes to ``sweep_log_path(plan)`` (``console.route_logs``), named at the end.
@@ -726,7 +733,7 @@ def _run_trials(
     # Tune's legacy reporter prints the varying keys instead of every flattened config field.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if verbose:
-        return _run_tuner(plan, restore, address, callbacks, share_data, verbose=True)
+        return _run_tuner(plan, resume, address, callbacks, share_data, verbose=True)
     from ablate import console
 
     log_path = sweep_log_path(plan)
@@ -735,11 +742,11 @@ def _run_trials(
         with console.route_logs(log_path) as route:
             view = console.SweepConsole(
                 plan.metric,
-                plan.num_trials,
+                len(resume.saved) + len(resume.new) if resume and resume.saved else plan.num_trials,
                 plan.max_epochs(),
                 early_stopping=plan.early_stopping,
             )
-            return _run_tuner(plan, restore, address, [*callbacks, view], share_data, route=route)
+            return _run_tuner(plan, resume, address, [*callbacks, view], share_data, route=route)
     except SpecError:
         # Nothing ran (a check after Ray started failed): leave no sweep directory behind
         # that only holds this log, or the next run of the same name would be refused.
@@ -757,49 +764,93 @@ def _run_trials(
 
 def _run_tuner(
     plan: SweepPlan,
-    restore: bool,
+    resume: rounds.Resume | None,
     address: str | None,
     callbacks: Sequence[Any],
     share_data: bool,
     verbose: bool = False,
     route: Any = None,
-) -> tuple[list[dict[str, Any]], list[TrialRecord], str]:
+) -> tuple[list[dict[str, Any]], list[TrialRecord], str, SweepPlan]:
+    """Run the sweep's rounds (``ablate.rounds``): on resume the saved ones (each Tune
+    experiment restored), then the trials an extended spec adds, then, when the spec races,
+    round after round of the seeds the race still needs; a round starts only when every trial
+    before it ended. Writes each new round's ``plan.json`` (and ``spec.yaml``) before it runs,
+    and ``summary.json`` over the trials of every round."""
     started = connect(address, plugins.runtime_env(plan, address))
     if route is not None:
         route.capture_worker_output()
+    restoring = resume.rounds if resume is not None else []
+    done: list[Any] = list(resume.saved) if resume is not None else []
+    pending = list(resume.new) if resume is not None else list(plan.trials)
+    if resume is not None and not resume.rounds:  # stopped before its plan was written
+        pending = list(plan.trials)
+    if plan.proposes:
+        done, pending = [], []
+    everything = plan.with_trials([*done, *pending]) if not plan.proposes else plan
     try:
-        cluster_limit = preflight.check_cluster(plan, _alive_nodes())
-        concurrency = preflight.max_concurrent_trials(plan, cluster_limit)
+        cluster_limit = preflight.check_cluster(everything, _alive_nodes())
+        concurrency = preflight.max_concurrent_trials(everything, cluster_limit)
+        extending = f", {len(pending)} of them new" if done and pending else ""
         print(
-            f"sweep {plan.name}: {plan.num_trials} trials, up to {concurrency} at once "
-            f"(cluster holds {cluster_limit}); results in {plan.experiment_dir}",
+            f"sweep {plan.name}: {everything.num_trials} trials{extending}, up to "
+            f"{concurrency} at once (cluster holds {cluster_limit}); results in "
+            f"{plan.experiment_dir}",
             file=sys.stderr,
         )
-        refs = _share_datasets(plan) if share_data else {}
-        if not restore:  # every check passed: from here on the sweep directory exists
-            _write_text(f"{plan.experiment_dir}/plan.json", plan.plan_json())
-            header = "".join(f"# --set {o}\n" for o in plan.overrides)
-            _write_text(f"{plan.experiment_dir}/spec.yaml", header + plan.text)
+        refs = _share_datasets(everything) if share_data else {}
         janitor, janitor_name = placement.start_janitor()
         report_relay = relay.start_relay()
-        tuner = build_tuner(
-            plan,
-            concurrency=concurrency,
-            callbacks=callbacks,
-            report_relay=report_relay,
-            dataset_refs=refs,
-            placement_janitor=janitor_name,
-            restore=restore,
-            verbose=verbose,
-        )
+
+        def run_round(index: int, trials: Any, restore: bool) -> list[Any]:
+            round_plan = plan if plan.proposes else plan.with_trials(trials)
+            tuner = build_tuner(
+                round_plan,
+                concurrency=preflight.max_concurrent_trials(round_plan, cluster_limit),
+                callbacks=callbacks,
+                report_relay=report_relay,
+                dataset_refs=refs,
+                placement_janitor=janitor_name,
+                restore=restore,
+                verbose=verbose,
+                round_index=index,
+            )
+            return list(tuner.fit())
+
         started_at = time.time()
         watch = placement.ReservationWatch(
             janitor,
-            max(c.resources.schedule_timeout_s for c in plan.configs()),
+            max(c.resources.schedule_timeout_s for c in everything.configs()),
             say=route.say if route is not None else lambda line: print(line, file=sys.stderr),
         ).start()
+        results: list[Any] = []
         try:
-            results = tuner.fit()
+            for saved in restoring:
+                trials = resume.own_trials(saved.index) if resume is not None else []
+                results += run_round(saved.index, trials, restore=True)
+            if resume is None or not resume.rounds:
+                # A new sweep (or one stopped before its plan was written): round 0.
+                _write_plan(plan, plan, 0)
+                results += run_round(0, plan.trials, restore=resume is not None)
+                done, pending = list(plan.trials), []
+            index = len(restoring) or 1
+            while watch.error is None and not plan.proposes:
+                sofar = plan.with_trials(done)
+                if rounds.unfinished(trial_records(sofar, results), done):
+                    break  # interrupted: --resume goes on from here
+                if not pending:
+                    pending = rounds.next_race_round(sofar, done, trial_records(sofar, results))
+                if not pending:
+                    break
+                done, pending = [*done, *pending], pending
+                _write_plan(plan, plan.with_trials(done), index)
+                print(
+                    f"round {index}: {len(pending)} new trial(s) in "
+                    f"{rounds.round_dir(plan.experiment_dir, index)}",
+                    file=sys.stderr,
+                )
+                results += run_round(index, pending, restore=False)
+                pending = []
+                index += 1
         finally:
             watch.stop()
             # Runs Tune left going (an interrupted sweep): their controllers end here, so the
@@ -810,15 +861,16 @@ def _run_tuner(
             placement.stop_janitor(janitor)
         if watch.error is not None:
             raise SweepStalledError(watch.error)
-        records = trial_records(plan, results)
-        rows = summarize(plan, records)
+        ran = plan if plan.proposes else plan.with_trials(done)
+        records = trial_records(ran, results)
+        rows = summarize(ran, records)
         summary = {
             "sweep": plan.name,
             "source": plan.source,
             "metric": plan.metric,
             "mode": plan.mode,
             "num_trials": len(records),
-            "trials_planned": trial_tally(plan, records),
+            "trials_planned": trial_tally(ran, records),
             "max_concurrent_trials": concurrency,
             "wall_seconds": time.time() - started_at,
             "overhead_seconds": _overhead(records),
@@ -827,8 +879,18 @@ def _run_tuner(
         }
         summary_path = f"{plan.experiment_dir}/summary.json"
         _write_text(summary_path, json.dumps(summary, indent=1))
-        print(format_summary(plan, rows, records))
-        return rows, records, summary_path
+        print(format_summary(ran, rows, records))
+        return rows, records, summary_path, ran
     finally:
         if started:
             ray.shutdown()
+
+
+def _write_plan(spec_plan: SweepPlan, plan: SweepPlan, index: int) -> None:
+    """Round ``index``'s ``plan.json`` (``plan``: every trial up to it) and ``spec.yaml`` (the
+    spec it was planned from, its ``--set`` values as comment lines) in its directory, new
+    files beside the earlier rounds' (``ablate.rounds``)."""
+    directory = rounds.round_dir(spec_plan.experiment_dir, index)
+    _write_text(f"{directory}/{rounds.PLAN_FILE}", plan.plan_json())
+    header = "".join(f"# --set {o}\n" for o in spec_plan.overrides)
+    _write_text(f"{directory}/spec.yaml", header + spec_plan.text)

@@ -276,12 +276,12 @@ def test_optuna_learns_early_stopped_trials_as_pruned():
 def test_existing_sweep_directory_needs_resume(tmp_path):
     text = "name: t\nspace: {model.head: {grid: [none, linear]}}"
     sweep = sweep_of(text, storage=tmp_path)
-    assert check_experiment_dir(sweep, resume=False) is False
+    assert check_experiment_dir(sweep, resume=False) is None
     Path(sweep.experiment_dir).mkdir(parents=True)
     with pytest.raises(SpecError) as caught:
         check_experiment_dir(sweep, resume=False)
     assert "--resume" in caught.value.message and caught.value.key == "name"
-    assert check_experiment_dir(sweep, resume=True) is True
+    assert check_experiment_dir(sweep, resume=True) is not None
 
 
 def test_entrypoint_refuses_an_existing_sweep_before_starting_ray(tmp_path):
