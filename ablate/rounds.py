@@ -207,7 +207,7 @@ def _refuse(
             + (f" ({counts[key]} trial(s))" if key in counts else "")
             for key, (old, new) in list(changed.items())[:8]
         )
-        parts.append(f"the spec changes trials this sweep already ran: {shown}")
+        parts.append(f"the spec's trials differ from those this sweep already ran: {shown}")
     if removed:
         more = f" and {len(removed) - 3} more" if len(removed) > 3 else ""
         parts.append(

@@ -259,13 +259,13 @@ def test_extending_a_finished_sweep_runs_exactly_the_new_trials(ray_cluster, tmp
     assert not (experiment / "round-2").exists()
 
 
-BLIND = """
+ENCODERS = """
     import torch
     from torch import nn
 
 
     class Blind(nn.Module):
-        '''Features that ignore the image: its kNN accuracy is that of guessing.'''
+        '''Features that ignore the image: its kNN accuracy is that of guessing, on every seed.'''
 
         feat_dim = 8
 
@@ -277,24 +277,49 @@ BLIND = """
             return self.bias.expand(x.shape[0], -1) + 0.0 * x.mean()
 
 
+    class Pixels(nn.Module):
+        '''The image pooled to 4 x 4: fixed features, the same kNN accuracy on every seed.'''
+
+        feat_dim = 48
+
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1) + 0.0 * self.unused
+
+
     def blind(cfg):
         return Blind()
+
+
+    def pixels(cfg):
+        return Pixels()
+
+
+    def same_pixels(cfg):
+        return Pixels()
 """
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_race_stops_adding_seeds_to_a_configuration_clearly_worse(ray_cluster, tmp_path):
-    """Two ResNet configurations and an encoder blind to its images: after the first round
-    the blind one is decided worse and gets no further seed; the race ends within max."""
-    (tmp_path / "race_blind.py").write_text(textwrap.dedent(BLIND))
+    """Three encoders whose kNN accuracy is the same on every seed: pooled pixels under two
+    names (tied: the comparison can never decide) and one blind to its images (guessing). After
+    the first round the blind one is decided worse than the best (its paired differences are
+    all the same) and gets no further seed; the two tied ones get one each, up to max."""
+    (tmp_path / "race_encoders.py").write_text(textwrap.dedent(ENCODERS))
+    arches = ["race_encoders:pixels", "race_encoders:same_pixels", "race_encoders:blind"]
     args = sweep_args(
         tmp_path,
         "name=race",
         "replicates={min: 3, max: 4}",
-        "space.model.arch={grid: [resnet18, race_blind:blind]}",
-        "space.model.head={grid: [linear, nonlinear]}",
-        "train.epochs=2",
+        f"space.model.arch={{grid: [{', '.join(arches)}]}}",
+        "space.model.head={grid: [linear]}",
+        "data.num_train=512",
+        "data.num_test=128",
         address=ray_cluster,
     )
     done = subprocess.run(
@@ -306,13 +331,22 @@ def test_a_race_stops_adding_seeds_to_a_configuration_clearly_worse(ray_cluster,
         timeout=800,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "race" / "summary.json").read_text())
-    seeds: dict[str, int] = {}
-    for trial in summary["trials"]:
+    experiment = tmp_path / "race"
+    summary = json.loads((experiment / "summary.json").read_text())
+    values: dict[str, list[float]] = {}
+    for trial in sorted(summary["trials"], key=lambda t: t["replicate"]):
         arch = trial["varying"]["model.arch"]
-        seeds[arch] = max(seeds.get(arch, 0), trial["replicate"] + 1)
-    assert seeds["race_blind:blind"] == 3  # decided after the first round: no seed added
-    assert 3 <= seeds["resnet18"] <= 4
-    plan = json.loads((tmp_path / "race" / "plan.json").read_text())
-    assert len(plan["trials"]) == 12  # round 0: 4 configurations x min 3 seeds
-    assert len(summary["trials"]) == summary["trials_planned"]["planned"] <= 12 + 2
+        values.setdefault(arch, []).append(trial["metrics"]["val/knn_top1"])
+    pixels, same, blind = (values[a] for a in arches)
+    assert len(set(pixels + same)) == 1 and len(set(blind)) == 1  # the same on every seed
+    assert pixels[0] > blind[0]
+    assert (len(pixels), len(same), len(blind)) == (4, 4, 3)
+    assert len(json.loads((experiment / "plan.json").read_text())["trials"]) == 9
+    added = json.loads((experiment / "round-1" / "plan.json").read_text())["trials"][9:]
+    assert sorted((t["varying"]["model.arch"], t["replicate"]) for t in added) == [
+        ("race_encoders:pixels", 3),
+        ("race_encoders:same_pixels", 3),
+    ]
+    assert not (experiment / "round-2").exists()  # max 4 seeds: the race ends there
+    assert "round 1: 2 new trial(s)" in done.stderr
+    assert len(summary["trials"]) == summary["trials_planned"]["planned"]
