@@ -26,10 +26,16 @@ can hold one trial's worker group (``preflight.check_cluster``), runs every tria
   dict is the plain form of its ``ablate.trialrecord.PlannedTrial``, made at Tune's boundary.
   Each returned trial becomes one ``ablate.trialrecord.TrialRecord`` (``trial_records``).
 
+A sweep runs in rounds (``ablate.rounds``): round 0 is the plan's trials; ``--resume`` with a
+spec that plans more trials (more replicates, more grid values) runs only those as the next
+round, and a racing spec (``replicates: {min, max}``) adds rounds of seeds for the
+configurations still undecided; the summary ranks the trials of every round.
+
 Results: ``<storage>/<sweep>/`` holds Tune's experiment, ``train/<trial_id>/`` each trial's Train
 run (checkpoints, so a retried or resumed trial continues), ``plan.json`` (the planned trials,
-checked on ``--resume``), ``summary.json`` (the ranked table ``run_sweep`` returns) and
-``report/`` (``ablate.tracking.publish_report``). Outcomes, metric names, group statistics and the
+checked on ``--resume``), ``round-k/`` each later round's Tune experiment and ``plan.json``,
+``summary.json`` (the ranked table ``run_sweep`` returns) and ``report/``
+(``ablate.tracking.publish_report``). Outcomes, metric names, group statistics and the
 ranking rule are ``ablate.vocabulary``'s and ``ablate.stats``'s.
 """
 

@@ -5,10 +5,11 @@
 
 On a cluster: ``ray job submit --working-dir . -- python -m entrypoints.sweep SPEC.yaml``
 (``$RAY_ADDRESS`` is set there, so the sweep joins that cluster). ``--dry-run`` prints the trial
-table and the estimated compute without importing Ray. The console shows one live view of the
-trials (plain lines when not a terminal or in a Ray job); Ray's own output goes to
-``<storage>/<name>/logs/sweep.log``, named at the end (``--verbose``: on the console, with
-Tune's status table).
+table, the estimated compute and wall-clock time without importing Ray. ``--resume`` with more
+replicates (or grid values) runs only the new trials (``ablate.rounds``). The console shows
+one live view of the trials (plain lines when not a terminal or in a Ray job); Ray's own output
+goes to ``<storage>/<name>/logs/sweep.log``, named at the end (``--verbose``: on the console,
+with Tune's status table).
 
 Ctrl+C once stops the sweep the way Ray Tune does: it saves its state, ends the unfinished
 trials' MLflow runs KILLED and prints the summary; ``--resume`` continues it. Ctrl+C again
@@ -71,10 +72,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "repeatable",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the trials and compute estimate; run nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the trials and the compute and wall-clock estimates; run nothing",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted sweep of the same name"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep of the same name; with more replicates or grid "
+        "values (e.g. --set replicates=5), run only the new trials",
     )
     parser.add_argument(
         "--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)"
