@@ -8,6 +8,12 @@ was planned from. Nothing already written is overwritten: each round's plan is a
 Every round's trials share the sweep's Train storage (``train/<trial_id>``), its MLflow parent
 run and its summary, which ranks the trials of all rounds.
 
+Why a new experiment per round rather than more trials in the restored one: Ray Tune 2.60's
+``Tuner.restore`` takes no ``TuneConfig``, so the saved Tuner keeps its ``num_samples`` and its
+searcher's saved state (``search_gen_state-*.json``: the samples handed out, finished): a
+restored experiment cannot be handed more trials through the public API. Each round's
+experiment restores on its own (``--resume`` restores every saved round, then adds the next).
+
 Two things add rounds:
 
 * **Extending** (``check_resume``): ``--resume`` with a spec that plans more trials than the
