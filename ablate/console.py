@@ -69,6 +69,7 @@ class _Row:
     epoch: int = 0
     metric: float | None = None
     state: str = "pending"
+    restored: bool = False  # ended before this driver started (a resumed sweep)
 
 
 class SweepConsole(Callback):
@@ -100,6 +101,7 @@ class SweepConsole(Callback):
         self.live = is_live(self.stream) if live is None else live
         self.refresh = refresh
         self.rows: dict[str, _Row] = {}
+        self.round = 0
         self.started_at = time.time()
         self._drawn_lines = 0
         self._drawn_at = 0.0
@@ -112,6 +114,13 @@ class SweepConsole(Callback):
         self.__dict__.update(state, rows={}, started_at=time.time(), _drawn_lines=0)
         self.stream = sys.stdout
         self.live = is_live(self.stream)
+
+    def begin_round(self, index: int, num_trials: int) -> None:
+        """A later round of the sweep (``ablate.rounds``) starts: ``num_trials`` is every trial
+        planned so far, this round's included, so the count and the ETA take in the new trials
+        (the rows of earlier rounds stay)."""
+        self.round = index
+        self.num_trials = num_trials
 
     # ------------------------------------------------------------------ Tune's events
 
@@ -152,6 +161,21 @@ class SweepConsole(Callback):
         self._event(trial, "failed" + reason)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # A restored experiment's trials that had ended raise no event: count them as ended.
+        for trial in trials:
+            if trial.trial_id not in self.rows and trial.status == "TERMINATED":
+                row = self._row(trial)
+                row.restored = True
+                row.epoch = int((trial.last_result or {}).get("epoch") or 0)
+                outcome = vocabulary.trial_outcome(
+                    trial.last_result or {},
+                    row.epochs,
+                    early_stopping=getattr(self, "early_stopping", True),
+                )
+                row.state = outcome.status
+                value = (trial.last_result or {}).get(self.metric)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    row.metric = float(value)
         if self.live and time.time() - self._drawn_at >= self.refresh:
             self._draw()
 
@@ -177,21 +201,25 @@ class SweepConsole(Callback):
         return row
 
     def progress(self) -> str:
-        """``trials 2/6 done, 2 running | elapsed 1m10s | ETA 2m30s``."""
+        """``trials 2/6 done, 2 running | elapsed 1m10s | ETA 2m30s``; from the sweep's second
+        round on, ``round 1: trials 8/9 done, ...`` (every round's trials counted)."""
         states = [r.state for r in self.rows.values()]
         running = states.count("running")
         done = len(states) - running - states.count("pending")
         elapsed = time.time() - self.started_at
+        # The rate comes from the epochs this driver ran: restored trials ran before its clock.
+        ran = [r for r in self.rows.values() if not r.restored]
         epochs_done = sum(
-            r.epochs if r.state not in ("running", "pending") else r.epoch
-            for r in self.rows.values()
+            r.epochs if r.state not in ("running", "pending") else r.epoch for r in ran
         )
-        planned = sum(r.epochs for r in self.rows.values())
-        planned += (self.num_trials - len(self.rows)) * self.epochs
+        planned = sum(r.epochs for r in ran)
+        planned += max(self.num_trials - len(self.rows), 0) * self.epochs
         remaining = max(planned - epochs_done, 0)
         eta = elapsed * remaining / epochs_done if epochs_done else None
+        round_index = getattr(self, "round", 0)
         return (
-            f"trials {done}/{self.num_trials} done, {running} running | "
+            (f"round {round_index}: " if round_index else "")
+            + f"trials {done}/{max(self.num_trials, len(self.rows))} done, {running} running | "
             f"elapsed {_duration(elapsed)} | ETA {_duration(eta if remaining else 0.0)}"
         )
 

@@ -12,7 +12,7 @@ driver's start); the sweep's results directory (refused unless ``--resume``; on 
 spec is matched against the saved rounds, ``ablate.rounds``: more trials extend the sweep, a
 changed or damaged ``plan.json`` is refused, and Tune's saved experiment state of each round
 is checked, ``ablate.tunestate``) and, when tracking is on, whether the MLflow store answers
-(``ablate.tracking``, imported only then: it imports Ray). Its ``Preflight`` says what the
+(``ablate.tracking``, imported only then: it imports MLflow). Its ``Preflight`` says what the
 sweep needs to go on and holds the lock, which a failed check releases. The cluster's
 resources are known only once Ray is connected: ``check_cluster`` holds that rule, and
 ``ablate.sweep`` calls it with Ray's node list.
@@ -279,7 +279,7 @@ def check_tracking(plan: SweepPlan) -> str | None:
     SQLite in ``storage.path``) once its store answers; None when tracking is off."""
     if not plan.spec.tracking.enabled:
         return None
-    from ablate import tracking  # imports Ray: only when everything before has passed
+    from ablate import tracking  # imports MLflow: only when everything before has passed
 
     uri = tracking.resolve_tracking_uri(plan.spec.tracking.uri, plan.storage_path)
     try:

@@ -48,7 +48,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -752,7 +752,15 @@ def _run_trials(
                 plan.max_epochs(),
                 early_stopping=plan.early_stopping,
             )
-            return _run_tuner(plan, resume, address, [*callbacks, view], share_data, route=route)
+            return _run_tuner(
+                plan,
+                resume,
+                address,
+                [*callbacks, view],
+                share_data,
+                route=route,
+                on_round=view.begin_round,
+            )
     except SpecError:
         # Nothing ran (a check after Ray started failed): leave no sweep directory behind
         # that only holds this log, or the next run of the same name would be refused.
@@ -776,12 +784,14 @@ def _run_tuner(
     share_data: bool,
     verbose: bool = False,
     route: Any = None,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[TrialRecord], str, SweepPlan]:
     """Run the sweep's rounds (``ablate.rounds``): on resume the saved ones (each Tune
     experiment restored), then the trials an extended spec adds, then, when the spec races,
     round after round of the seeds the race still needs; a round starts only when every trial
     before it ended. Writes each new round's ``plan.json`` (and ``spec.yaml``) before it runs,
-    and ``summary.json`` over the trials of every round."""
+    and ``summary.json`` over the trials of every round. ``on_round(index, num_trials)`` is
+    told before each round runs, with every trial planned so far (the console's count)."""
     started = connect(address, plugins.runtime_env(plan, address))
     if route is not None:
         route.capture_worker_output()
@@ -807,7 +817,9 @@ def _run_tuner(
         janitor, janitor_name = placement.start_janitor()
         report_relay = relay.start_relay()
 
-        def run_round(index: int, trials: Any, restore: bool) -> list[Any]:
+        def run_round(index: int, trials: Any, restore: bool, num_trials: int) -> list[Any]:
+            if on_round is not None:
+                on_round(index, num_trials)
             round_plan = plan if plan.proposes else plan.with_trials(trials)
             tuner = build_tuner(
                 round_plan,
@@ -832,11 +844,11 @@ def _run_tuner(
         try:
             for saved in restoring:
                 trials = resume.own_trials(saved.index) if resume is not None else []
-                results += run_round(saved.index, trials, restore=True)
+                results += run_round(saved.index, trials, True, everything.num_trials)
             if resume is None or not resume.rounds:
                 # A new sweep (or one stopped before its plan was written): round 0.
                 _write_plan(plan, plan, 0)
-                results += run_round(0, plan.trials, restore=resume is not None)
+                results += run_round(0, plan.trials, resume is not None, plan.num_trials)
                 done, pending = list(plan.trials), []
             index = len(restoring) or 1
             while watch.error is None and not plan.proposes:
@@ -854,7 +866,7 @@ def _run_tuner(
                     f"{rounds.round_dir(plan.experiment_dir, index)}",
                     file=sys.stderr,
                 )
-                results += run_round(index, pending, restore=False)
+                results += run_round(index, pending, False, len(done))
                 pending = []
                 index += 1
         finally:

@@ -59,3 +59,53 @@ def test_a_trial_that_ended_short_is_stopped_only_under_early_stopping():
 
     assert ended(early_stopping=True) == "stopped"
     assert ended(early_stopping=False) == "interrupted"
+
+
+def _trial(trial_id: str, replicate: int, epochs: int = 4):
+    from ray.tune.experiment import Trial
+
+    return Trial(
+        "tune_trial",
+        config={
+            "config": {"train": {"epochs": epochs}},
+            "varying": {"augment.ops": "crop+color"},
+            "replicate": replicate,
+        },
+        trial_id=trial_id,
+        stub=True,
+    )
+
+
+def test_a_later_round_counts_every_trial_of_the_sweep():
+    """A race's second round adds trials: the count and the ETA take them in, and the view
+    says which round runs (it once said 'trials 5/4 done')."""
+    view = SweepConsole("val/knn_top1", 4, 4, stream=io.StringIO(), live=False)
+    first = [_trial(f"r0_{i}", i) for i in range(4)]
+    for trial in first:
+        trial.update_last_result({"epoch": 4, "training_iteration": 4, "val/knn_top1": 0.5})
+        view.on_trial_start(0, first, trial)
+        view.on_trial_complete(0, first, trial)
+    assert view.progress().startswith("trials 4/4 done, 0 running")
+    view.begin_round(1, 6)
+    second = [_trial("r1_0", 4), _trial("r1_1", 5)]
+    view.on_trial_start(0, second, second[0])
+    view.started_at -= 160  # 16 epochs ran in 160 s
+    progress = view.progress()
+    assert progress.startswith("round 1: trials 4/6 done, 1 running"), progress
+    assert "ETA 1m2" in progress, progress  # 8 epochs still to run, 10 s each: 1m20s
+
+
+def test_a_restored_trial_that_had_ended_counts_as_done_but_not_in_the_rate():
+    """A resumed sweep's restored trials raise no event: they are counted done from the
+    trials Tune lists, and the ETA's rate comes only from epochs this driver ran."""
+    view = SweepConsole("val/knn_top1", 3, 4, stream=io.StringIO(), live=False)
+    restored = [_trial(f"old{i}", i) for i in range(2)]
+    for trial in restored:
+        trial.update_last_result({"epoch": 4, "training_iteration": 4, "val/knn_top1": 0.7})
+        trial.set_status("TERMINATED")
+    view.on_step_end(0, restored)
+    assert [r.state for r in view.rows.values()] == ["completed", "completed"]
+    assert view.rows["old0"].metric == 0.7
+    progress = view.progress()
+    assert progress.startswith("trials 2/3 done, 0 running"), progress
+    assert "ETA ?" in progress  # no epoch ran here yet: no rate to extrapolate from
