@@ -160,30 +160,38 @@ class SweepConsole(Callback):
                 reason = ": " + vocabulary.error_line(file.read(), 200)
         self._event(trial, "failed" + reason)
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._adopt(trials)
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        # A restored experiment's trials that had ended raise no event: count them as ended.
-        for trial in trials:
-            if trial.trial_id not in self.rows and trial.status == "TERMINATED":
-                row = self._row(trial)
-                row.restored = True
-                row.epoch = int((trial.last_result or {}).get("epoch") or 0)
-                outcome = vocabulary.trial_outcome(
-                    trial.last_result or {},
-                    row.epochs,
-                    early_stopping=getattr(self, "early_stopping", True),
-                )
-                row.state = outcome.status
-                value = (trial.last_result or {}).get(self.metric)
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    row.metric = float(value)
+        self._adopt(trials)
         if self.live and time.time() - self._drawn_at >= self.refresh:
             self._draw()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._adopt(trials)
         if self.live:
             self._draw()
 
     # ------------------------------------------------------------------ the view
+
+    def _adopt(self, trials: list) -> None:
+        """Count the trials of a restored experiment that had ended: they raise no event (a
+        finished round that ``--resume`` restores runs no step at all, only its end)."""
+        for trial in trials:
+            if trial.trial_id in self.rows or trial.status != "TERMINATED":
+                continue
+            row = self._row(trial)
+            row.restored = True
+            last = trial.last_result or {}
+            row.epoch = int(last.get("epoch") or 0)
+            outcome = vocabulary.trial_outcome(
+                last, row.epochs, early_stopping=getattr(self, "early_stopping", True)
+            )
+            row.state = outcome.status
+            value = last.get(self.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                row.metric = float(value)
 
     def _row(self, trial: Any) -> _Row:
         row = self.rows.get(trial.trial_id)
