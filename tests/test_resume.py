@@ -25,24 +25,15 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_quickstart
+from tiny_quickstart import REPO, TINY
 
 from ablate import driverlock, preflight
-from ablate.spec import SpecError, parse_sweep
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+from ablate.spec import SpecError
 
 #: The quickstart cut down: 256 tiny images, epochs of at most 3 steps, no MLflow.
 SMALL = [
-    "data.num_train=256",
-    "data.num_test=64",
-    "data.synthetic_size=16",
-    "train.batch_size=32",
-    "train.steps_per_epoch=3",
-    "eval.knn_k=10",
-    "eval.eval_every=1",
-    "eval.probe.max_iter=10",
-    "tracking.enabled=false",
+    *TINY,
     "scheduler.name=fifo",
     "space.augment.ops={grid: [[crop, color]]}",
     "algorithm.max_concurrent_trials=1",
@@ -50,32 +41,15 @@ SMALL = [
 
 
 def plan_of(storage: Path, *overrides: str):
-    return parse_sweep(
-        QUICKSTART.read_text(),
-        source=str(QUICKSTART),
-        overrides=[*SMALL, f"storage.path={storage}", *overrides],
-    )
+    return tiny_quickstart.plan_of(storage, *overrides, base=SMALL)
 
 
 def sweep_args(storage: Path, *overrides: str, address: str | None = None) -> list[str]:
-    args = [sys.executable, "-m", "entrypoints.sweep", str(QUICKSTART)]
-    args += ["--storage-path", str(storage)]
-    if address:
-        args += ["--address", address]
-    for override in [*SMALL, *overrides]:
-        args += ["--set", override]
-    return args
+    return tiny_quickstart.sweep_args(storage, *overrides, base=SMALL, address=address)
 
 
 def run(args: list[str], timeout: float = 400, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return tiny_quickstart.run(args, timeout, **env)
 
 
 def cut_short(path: Path) -> None:

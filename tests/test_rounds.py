@@ -11,63 +11,32 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import tiny_quickstart
+from tiny_quickstart import REPO, TINY, run
 
 from ablate import rounds
-from ablate.spec import SpecError, parse_sweep
+from ablate.spec import SpecError
 from ablate.trialrecord import planned_key
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 
 #: The quickstart cut down: 256 tiny images, one epoch of 3 steps, no MLflow.
 SMALL = [
-    "data.num_train=256",
-    "data.num_test=64",
-    "data.synthetic_size=16",
-    "train.batch_size=32",
-    "train.steps_per_epoch=3",
+    *TINY,
     "train.epochs=1",
-    "eval.knn_k=10",
-    "eval.eval_every=1",
-    "eval.probe.max_iter=10",
-    "tracking.enabled=false",
     "space.augment.ops={grid: [[crop, color]]}",
     "algorithm.max_concurrent_trials=2",
 ]
 
 
 def plan_of(storage: Path, *overrides: str):
-    return parse_sweep(
-        QUICKSTART.read_text(),
-        source=str(QUICKSTART),
-        overrides=[*SMALL, f"storage.path={storage}", *overrides],
-    )
+    return tiny_quickstart.plan_of(storage, *overrides, base=SMALL)
 
 
 def sweep_args(storage: Path, *overrides: str, address: str | None = None) -> list[str]:
-    args = [sys.executable, "-m", "entrypoints.sweep", str(QUICKSTART)]
-    args += ["--storage-path", str(storage)]
-    if address:
-        args += ["--address", address]
-    for override in [*SMALL, *overrides]:
-        args += ["--set", override]
-    return args
-
-
-def run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return tiny_quickstart.sweep_args(storage, *overrides, base=SMALL, address=address)
 
 
 def saved_round(plan) -> rounds.Round:

@@ -22,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
 from ray.tune.logger import JsonLoggerCallback
+from tiny_quickstart import QUICKSTART, REPO, TINY
 
 from ablate.config import resolve
 from ablate.tracking import (
@@ -33,8 +34,6 @@ from ablate.tracking import (
     storage_error,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 EPOCHS = 3
 
 
@@ -338,19 +337,9 @@ def test_a_trial_that_cannot_write_its_checkpoint_stops_the_sweep_with_its_runs_
 
 # ----------------------------------------------------------------------------- entrypoint
 
-#: The quickstart cut down (as tests/test_sweep.py's SMALL), with epochs to spare: the sweep is
-#: still running when the test acts on it.
-SMALL = [
-    "data.num_train=256",
-    "data.num_test=64",
-    "data.synthetic_size=16",
-    "train.batch_size=32",
-    "train.steps_per_epoch=3",
-    "train.epochs=20",
-    "eval.eval_every=1",
-    "eval.knn_k=10",
-    "eval.probe.max_iter=10",
-]
+#: The quickstart cut down (``tiny_quickstart.TINY``) with MLflow on and epochs to spare: the
+#: sweep is still running when the test acts on it.
+SMALL = [*TINY, "tracking.enabled=true", "train.epochs=20"]
 
 
 def _wait_for_an_epoch(driver: subprocess.Popen, db: Path, experiment: str) -> None:

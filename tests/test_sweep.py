@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from local_servers import placement_groups_left
+from tiny_quickstart import QUICKSTART, REPO, TINY, sweep_args
 
 from ablate.preflight import (
     check_cluster,
@@ -31,22 +31,8 @@ from ablate.sweep import format_summary, summarize, trial_records
 from ablate.trialrecord import TrialRecord
 from ablate.tunesearch import OptunaTrials, PlannedTrials
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
-
 #: The quickstart cut down for CI: 256 tiny images, 3 epochs of at most 3 steps.
-SMALL = [
-    "data.num_train=256",
-    "data.num_test=64",
-    "data.synthetic_size=16",
-    "train.batch_size=32",
-    "train.steps_per_epoch=3",
-    "train.epochs=3",
-    "eval.knn_k=10",
-    "eval.eval_every=1",
-    "eval.probe.max_iter=10",
-    "tracking.enabled=false",
-]
+SMALL = [*TINY, "train.epochs=3"]
 
 
 def sweep_of(text: str, *overrides: str, storage: Path | None = None):
@@ -287,18 +273,7 @@ def test_existing_sweep_directory_needs_resume(tmp_path):
 def test_entrypoint_refuses_an_existing_sweep_before_starting_ray(tmp_path):
     (tmp_path / "quickstart").mkdir()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints.sweep",
-            str(QUICKSTART),
-            "--storage-path",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        sweep_args(tmp_path, base=()), cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2
     assert "already exists" in done.stderr and "--resume" in done.stderr
@@ -655,18 +630,7 @@ def test_run_sweep_as_a_library_tracks_and_reports(ray_cluster, tmp_path):
 @pytest.mark.slow
 def test_resources_no_node_can_hold_exit_2_before_any_trial(ray_cluster, tmp_path):
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints.sweep",
-            str(QUICKSTART),
-            "--address",
-            ray_cluster,
-            "--storage-path",
-            str(tmp_path),
-            "--set",
-            "resources.gpus_per_worker=1",
-        ],
+        sweep_args(tmp_path, "resources.gpus_per_worker=1", base=(), address=ray_cluster),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -683,27 +647,16 @@ def _experiment_state(directory: Path) -> str:
 
 @pytest.mark.slow
 def test_resume_after_driver_is_killed_skips_finished_trials(ray_cluster, tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "entrypoints.sweep",
-        str(QUICKSTART),
-        "--address",
-        ray_cluster,
-        "--storage-path",
-        str(tmp_path),
-        *(x for o in SMALL for x in ("--set", o)),
-        "--set",
+    args = sweep_args(
+        tmp_path,
         "name=resumable",
-        "--set",
         "scheduler.name=fifo",
-        "--set",
         "space.augment.ops={grid: [[crop, color]]}",
-        "--set",
         "space.model.head={grid: [linear, nonlinear]}",
-        "--set",
         "algorithm.max_concurrent_trials=1",
-    ]
+        base=SMALL,
+        address=ray_cluster,
+    )
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
     experiment = tmp_path / "resumable"
     with open(tmp_path / "first.log", "w") as log:
