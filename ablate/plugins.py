@@ -19,7 +19,9 @@ directory to every node and puts it on the path. What Ray does not cover is a dr
 a multi-node cluster with ``--address`` from outside a job: the other nodes lack its files.
 :func:`runtime_env` then returns ``{"py_modules": [...]}``, the top-level module or package
 directory of each plugin that is not installed (not in site-packages), which Ray uploads and
-puts on every worker's path; ``ablate.sweep.connect`` passes it to ``ray.init``.
+puts on every worker's path; ``ablate.sweep.connect`` passes it to ``ray.init``. The sweep's own
+report figures and findings (``report.figures`` / ``report.findings``) are not among them: the
+report is written by the driver alone (``ablate.preflight.check_report`` imports them there).
 """
 
 from __future__ import annotations

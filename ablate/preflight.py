@@ -5,7 +5,8 @@ anything is written.
 ``check(plan, resume)`` runs them all, once, in order: the storage path; the data sources (via
 ``ablate.data.check_sources``, which decodes nothing) and every trial's batch against them; a
 user's searcher or scheduler (``check_components``: its factory builds the Tune object its
-key needs) and plugin components (``ablate.plugins.check``); the sweep's driver lock
+key needs), plugin components (``ablate.plugins.check``) and the report's own figures and
+findings (``check_report``: imported, as they run in the driver only); the sweep's driver lock
 (``ablate.driverlock``: ``<storage>/<sweep>/driver.lock``, the one thing written here, so
 that a second driver of the same sweep is refused and the next check cannot race another
 driver's start); the sweep's results directory (refused unless ``--resume``; on resume, the
@@ -29,6 +30,7 @@ from typing import Any
 
 from ablate import data, driverlock, plugins, rounds
 from ablate.config import ConfigurationError, DataConfig
+from ablate.registry import is_plugin_name
 from ablate.searchers import (
     SCHEDULERS,
     SEARCHERS,
@@ -68,6 +70,7 @@ def check(plan: SweepPlan, resume: bool = False) -> Preflight:
     check_batch_sizes(plan)
     check_components(plan)
     plugins.check(plan)
+    check_report(plan)
     lock = take_driver_lock(plan)
     try:
         resumed = check_experiment_dir(plan, resume, lock)
@@ -269,6 +272,26 @@ def check_components(plan: SweepPlan) -> None:
                 registry.key,
                 f"{name}: the factory raised {type(error).__name__}: {error}",
             ) from None
+
+
+def check_report(plan: SweepPlan) -> None:
+    """The sweep's own report figures and findings (``report.figures`` / ``report.findings``,
+    ``module.path:factory``): each is imported and checked against its kind by
+    ``ablate.report.validate_plugins`` here, so that a typo does not surface only when the
+    report is written after the last trial. Raises ``SpecError`` at ``report.figures[i]`` /
+    ``report.findings[i]`` naming what went wrong. The report is written by the driver alone,
+    so no worker imports these (``ablate.plugins.runtime_env`` leaves them out). Imports
+    ``ablate.report`` (seconds: matplotlib, scipy) only when the spec names a plugin."""
+    for field_name in ("figures", "findings"):
+        for index, name in enumerate(getattr(plan.spec.report, field_name)):
+            if not is_plugin_name(name):
+                continue  # a registered name: checked when the spec was read
+            from ablate.report import validate_plugins
+
+            try:
+                validate_plugins(**{field_name: [name]})
+            except (ValueError, TypeError) as error:  # unknown, does not import, does not fit
+                raise SpecError(plan.source, f"report.{field_name}[{index}]", str(error)) from None
 
 
 # ----------------------------------------------------------------------------- tracking

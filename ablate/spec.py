@@ -3,7 +3,8 @@
 A spec names the sweep, gives a partial trial config (the sections of
 ``ablate.config.TrialConfig``: ``data``, ``model``, ``augment``, ``loss``, ``optim``, ``train``,
 ``eval``, ``resources``) and says what varies: ``space`` (dotted key -> values), ``together``
-(keys that vary jointly) and ``replicates`` (seeds). ``load_sweep`` reads the file, applies
+(keys that vary jointly) and ``replicates`` (seeds); ``report`` names its own report figures
+and findings (``ReportSpec``). ``load_sweep`` reads the file, applies
 ``--set`` overrides, expands every configuration, validates each one against the trial schema
 and returns a ``SweepPlan``: the resolved plan that ``ablate.sweep`` runs. Every problem raises
 ``SpecError(file, dotted key, message)``.
@@ -45,6 +46,7 @@ from ablate.config import (
 from ablate.ops import OPS
 from ablate.recipes import RECIPE_NAMES, UnknownRecipe, get_recipe
 from ablate.recipes import merge as merge_sections
+from ablate.registry import is_plugin_name
 from ablate.searchers import SCHEDULERS, SEARCHERS, names_text
 from ablate.trialrecord import PlannedTrial, planned_key
 from ablate.vocabulary import DEFAULT_RANKING_METRIC, OPS_KEY, RANKING_METRICS, format_value
@@ -283,6 +285,30 @@ class RacingSpec(_SpecModel):
     )
 
 
+class ReportSpec(_SpecModel):
+    """The sweep's own report figures and findings (``ablate.report``), beside the paper's."""
+
+    figures: list[str] = Field(
+        default_factory=list,
+        description="Figures the report draws besides the registered ones (each of those is "
+        "drawn whenever the sweep varies what it shows: `ablate/report/figures.py`). "
+        "`module.path:factory`, your own: a function `(results: ablate.report.SweepResults, "
+        "metric: str) -> matplotlib.figure.Figure | None` drawn once per report as "
+        "`report/figures/<module_path_factory>.png` and `.svg`, or an "
+        "`ablate.report.FigureKind`. Rebuild with more: `python -m entrypoints.report "
+        "--figure NAME`.",
+    )
+    findings: list[str] = Field(
+        default_factory=list,
+        description="Findings `summary.md` checks after the paper's (`ablate/report/findings.py`"
+        "). `module.path:factory`, your own: a function `(rows, varying_keys, metric, mode) -> "
+        "ablate.report.Finding`. Each name is checked when the spec is read (a registered one "
+        "must exist) and each plugin imported at preflight (exit status 2 at "
+        "`report.findings[i]`); the sweep's parent MLflow run records both lists, so that "
+        "`python -m entrypoints.report` rebuilds the same report (`--finding NAME` adds one).",
+    )
+
+
 class SweepSpec(_SpecModel):
     """The top level of a spec file (plus the trial-config sections, documented below)."""
 
@@ -328,6 +354,7 @@ class SweepSpec(_SpecModel):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     @property
     def racing(self) -> RacingSpec | None:
@@ -712,6 +739,7 @@ def build_sweep(
         raise _spec_model_error(source, error) from None
 
     spec.storage.path = absolute_storage_path(spec.storage.path)
+    _check_report(spec, source)
     _check_overrides_not_swept(spec, overrides, source)
     _check_racing(spec, source)
     _check_plan_size(spec, source)
@@ -762,6 +790,28 @@ def absolute_storage_path(path: str) -> str:
     if "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _check_report(spec: SweepSpec, source: str) -> None:
+    """Each name of ``report.figures`` / ``report.findings``: a registered figure or finding
+    (did-you-mean otherwise) or spelled ``module.path:factory``, listed once. Raises
+    ``SpecError`` at ``report.figures[i]``. A plugin is imported at preflight
+    (``ablate.preflight.check_report``), not here: the report's modules (matplotlib, scipy)
+    take seconds to import, so only a registered name listed here imports them."""
+    for field_name in ("figures", "findings"):
+        seen: set[str] = set()
+        for index, name in enumerate(getattr(spec.report, field_name)):
+            where = f"report.{field_name}[{index}]"
+            if name in seen:
+                raise SpecError(source, where, f"{name!r} is listed twice")
+            seen.add(name)
+            if is_plugin_name(name):
+                continue
+            from ablate.report import FIGURES, FINDINGS  # imported only for a registered name
+
+            registry = FIGURES if field_name == "figures" else FINDINGS
+            if name not in registry.names():
+                raise SpecError(source, where, str(registry.unknown(name)))
 
 
 def _check_racing(spec: SweepSpec, source: str) -> None:
