@@ -705,6 +705,8 @@ def _run_checked(
             out_dir=os.path.join(plan.experiment_dir, "report") if local else None,
             metric=plan.metric,
             mode=plan.mode,
+            figures=plan.spec.report.figures,
+            findings=plan.spec.report.findings,
         )
         report_path = str(built.summary_path)
     return SweepSummary(

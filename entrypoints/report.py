@@ -1,14 +1,19 @@
 """Write the report of a sweep from its MLflow runs.
 
     python -m entrypoints.report --experiment NAME [--run PARENT_RUN_ID]
-        [--tracking-uri URI] [--out DIR] [--metric val/knn_top1] [--mode max] [--no-log]
+        [--tracking-uri URI] [--out DIR] [--metric val/knn_top1] [--mode max]
+        [--figure NAME ...] [--finding NAME ...] [--no-log]
 
 Rank with the sweep's own ``scheduler.metric`` and ``scheduler.mode`` to get the ranking of its
-``summary.json``. The tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default
-store keeps it at ``sqlite:////<storage_path>/mlflow.db``.
+``summary.json``. The sweep's own figures and findings (its spec's ``report`` section, recorded
+on its parent run) are drawn and checked again; ``--figure`` / ``--finding`` add more
+(registered names or ``module.path:factory``, importable from the working directory). The
+tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default store keeps it at
+``sqlite:////<storage_path>/mlflow.db``.
 
-Exit status 2: no such experiment or sweep run; 74: the output directory, the MLflow store or
-its artifact location is full or read-only (the message names it).
+Exit status 2: no such experiment or sweep run, or a figure or finding that is unknown, does
+not import or does not fit; 74: the output directory, the MLflow store or its artifact
+location is full or read-only (the message names it).
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output directory")
     parser.add_argument("--metric", default=DEFAULT_RANKING_METRIC, help="ranking metric")
     parser.add_argument("--mode", default="max", choices=("max", "min"), help="ranking direction")
+    parser.add_argument(
+        "--figure",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a figure to draw besides the sweep's own (module.path:factory); repeatable",
+    )
+    parser.add_argument(
+        "--finding",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a finding to check besides the sweep's own (module.path:factory); repeatable",
+    )
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
     if not args.tracking_uri:
@@ -37,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     # Imported after the arguments are read: ablate.tracking imports MLflow (not Ray).
     from ablate.report import SHOWN_COMPARISONS, format_comparison
-    from ablate.tracking import StorageError, publish_report
+    from ablate.tracking import ReportComponentError, StorageError, publish_report
 
     try:
         report = publish_report(
@@ -47,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out,
             metric=args.metric,
             mode=args.mode,
+            figures=args.figure,
+            findings=args.finding,
+            recorded=True,
             log_to_mlflow=not args.no_log,
         )
-    except LookupError as exc:
+    except (LookupError, ReportComponentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StorageError as exc:

@@ -9,9 +9,10 @@
   the sweep's driver, so workers never touch the store; a resumed execution continues its runs.
 - ``callback``: ``MlflowCallback``, the Ray Tune callback that feeds the tracker; the only
   module here that imports Ray, loaded on first use of the name (``__getattr__``).
-- ``reader``: ``load_results`` reads an execution back as the report's ``SweepResults``.
+- ``reader``: ``load_results`` reads an execution back as the report's ``SweepResults``;
+  ``report_components`` the sweep's own report figures and findings its parent run records.
 - ``publish``: ``publish_report`` builds the report (``ablate.report``, which knows nothing of
-  MLflow) and logs it under ``report/`` of the parent run.
+  MLflow) with those figures and findings and logs it under ``report/`` of the parent run.
 
 Importing this package imports neither Ray nor the report: rebuilding a report from its runs
 (``python -m entrypoints.report``) runs without Ray.
@@ -35,8 +36,8 @@ from ablate.tracking.layout import (
     store_name,
     sweep_page,
 )
-from ablate.tracking.publish import importance_metrics, publish_report
-from ablate.tracking.reader import find_parent_run, load_results, run_row
+from ablate.tracking.publish import ReportComponentError, importance_metrics, publish_report
+from ablate.tracking.reader import find_parent_run, load_results, report_components, run_row
 from ablate.tracking.results import compute_metrics, epoch_metrics
 from ablate.tracking.storage import RESUME_HINT, StorageError, storage_error, storage_reason
 from ablate.tracking.writer import RUN_NAME_ALIASES, SweepTracker, config_params, run_name
@@ -59,6 +60,7 @@ __all__ = [
     "RUN_NAME_ALIASES",
     "VIEW_KEY",
     "MlflowCallback",
+    "ReportComponentError",
     "StorageError",
     "SweepTracker",
     "TrackingError",
@@ -74,6 +76,7 @@ __all__ = [
     "importance_metrics",
     "load_results",
     "publish_report",
+    "report_components",
     "resolve_tracking_uri",
     "run_name",
     "run_row",

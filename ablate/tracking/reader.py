@@ -2,7 +2,8 @@
 
 ``load_results`` turns a parent run and its children into a ``report.SweepResults``: a row per
 trial (``run_row``), the varying keys and the per-epoch history of the ranking metric (a
-monitor's measured epochs only). Neither Ray nor the report is imported with this module:
+monitor's measured epochs only); ``report_components`` the sweep's own report figures and
+findings, recorded on its parent run. Neither Ray nor the report is imported with this module:
 ``SweepResults`` only when a sweep is read back, so that the report's own imports stay the
 report's.
 """
@@ -10,7 +11,7 @@ report's.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -29,6 +30,11 @@ from ablate.tracking.layout import (
 
 if TYPE_CHECKING:
     from ablate.report import Row, SweepResults
+
+#: Parent-run tags: the sweep's own report figures and findings (JSON lists of names), what
+#: ``report_components`` reads to rebuild its report.
+TAG_REPORT_FIGURES = "ablate.report.figures"
+TAG_REPORT_FINDINGS = "ablate.report.findings"
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -126,9 +132,9 @@ def load_results(
     )
 
 
-def sweep_description(client: MlflowClient, parent_run_id: str) -> str:
-    """The ``description`` of the spec the parent run logged as ``spec.yaml`` (the question
-    the sweep asks, which the report opens with); empty when the run has no readable spec."""
+def logged_spec(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
+    """The spec the parent run logged as ``spec.yaml`` (the file as written, without ``--set``
+    overrides), parsed; empty when the run has none or it does not read as a mapping."""
     import tempfile
 
     import yaml
@@ -140,9 +146,42 @@ def sweep_description(client: MlflowClient, parent_run_id: str) -> str:
             with open(path, encoding="utf-8") as handle:
                 spec = yaml.safe_load(handle)
     except (OSError, MlflowException, yaml.YAMLError):
-        return ""
-    description = spec.get("description") if isinstance(spec, dict) else None
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def sweep_description(client: MlflowClient, parent_run_id: str) -> str:
+    """The ``description`` of the spec the parent run logged as ``spec.yaml`` (the question
+    the sweep asks, which the report opens with); empty when the run has no readable spec."""
+    description = logged_spec(client, parent_run_id).get("description")
     return description.strip() if isinstance(description, str) else ""
+
+
+def report_components(client: MlflowClient, parent_run_id: str) -> tuple[list[str], list[str]]:
+    """``(figures, findings)``: the sweep's own report figures and findings (``report.figures``
+    / ``report.findings`` of its spec) as the parent run records them, so that a report is
+    rebuilt the way the sweep built it.
+
+    Read from the parent run's tags ``TAG_REPORT_FIGURES`` / ``TAG_REPORT_FINDINGS`` (JSON
+    lists, set by ``publish_report`` with the names it built the report with); a sweep that
+    ended before its report has none, and then the ``report`` section of its ``spec.yaml`` is
+    read instead. Names that are not strings are dropped; none recorded: two empty lists.
+    """
+    tags = client.get_run(parent_run_id).data.tags
+    recorded: list[list[str]] = []
+    section: Any = None
+    for tag, field_name in ((TAG_REPORT_FIGURES, "figures"), (TAG_REPORT_FINDINGS, "findings")):
+        if tag in tags:
+            try:
+                names = json.loads(tags[tag])
+            except ValueError:
+                names = []
+        else:
+            if section is None:
+                section = logged_spec(client, parent_run_id).get("report")
+            names = section.get(field_name) if isinstance(section, dict) else None
+        recorded.append([n for n in names if isinstance(n, str)] if isinstance(names, list) else [])
+    return recorded[0], recorded[1]
 
 
 def measured_points(
