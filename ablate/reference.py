@@ -20,6 +20,7 @@ from ablate import encoders, losses, ops, searchers
 from ablate.config import TrialConfig
 from ablate.data.sources import SOURCES
 from ablate.registry import Registry
+from ablate.report import FIGURES, FINDINGS
 from ablate.spec import ParamValues, SweepSpec, section_model
 
 
@@ -198,10 +199,11 @@ dashboard the worker groups of trials that ASHA stopped stay reserved until the 
 
 
 _COMPONENTS_INTRO = """
-## Components: augmentation ops, losses, encoders, data sources, searchers, schedulers
+## Components: ops, losses, encoders, data sources, searchers, schedulers, report parts
 
 The names these keys take come from the registries of `ablate.ops`, `ablate.losses`,
-`ablate.encoders`, `ablate.data.sources` and `ablate.searchers` (listed below as registered).
+`ablate.encoders`, `ablate.data.sources`, `ablate.searchers` and `ablate.report` (listed below
+as registered).
 Each key also takes your own component, named by import path, `module.path:factory`
 (e.g. `augment.ops: [crop, color, examples.my_op:solarize]`, `loss.name: my_losses:info_nce`,
 `model.arch: my_nets:convnext_nano`, `data.name: my_data:stripes`). The module is imported
@@ -231,6 +233,13 @@ top-level module or package (`py_modules` of the job's runtime environment).
   proposing `{dotted key: value}` from `space` as `optuna` does; **scheduler**
   (`scheduler.name`): `factory(section, plan)` returns a Tune `TrialScheduler`
   (`ablate.searchers`). Both run in the driver only.
+- **report figure** (`report.figures`): `factory(results, metric)` gets the sweep's
+  `ablate.report.SweepResults` and the ranking metric and returns a matplotlib `Figure` (or
+  None: nothing to draw), or is an `ablate.report.FigureKind`; **report finding**
+  (`report.findings`): `factory(rows, varying_keys, metric, mode)` returns an
+  `ablate.report.Finding`. Both run in the driver only, when the report is written; one that
+  raises then is left out and named in `summary.md`. The registered ones below always run
+  where the sweep covers them. Example: `examples/my_figure.py` and `examples/my_report.yaml`.
 """
 
 
@@ -239,8 +248,8 @@ def _registry_section(title: str, registry: Registry[Any], extra: str = "") -> s
 
 
 def render_components() -> str:
-    """The components section: every registered op, loss, encoder, data source, searcher and
-    scheduler with its description."""
+    """The components section: every registered op, loss, encoder, data source, searcher,
+    scheduler, report figure and report finding with its description."""
     presets = "".join(
         f"- preset `{name}`: {', '.join(f'`{op}`' for op in names) or 'no op'}\n"
         for name, names in ops.PRESETS.items()
@@ -253,6 +262,8 @@ def render_components() -> str:
         + _registry_section("Data sources", SOURCES)
         + _registry_section("Searchers", searchers.SEARCHERS)
         + _registry_section("Schedulers", searchers.SCHEDULERS)
+        + _registry_section("Report figures", FIGURES)
+        + _registry_section("Report findings", FINDINGS)
     )
 
 

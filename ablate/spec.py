@@ -797,8 +797,19 @@ def _check_report(spec: SweepSpec, source: str) -> None:
     (did-you-mean otherwise) or spelled ``module.path:factory``, listed once. Raises
     ``SpecError`` at ``report.figures[i]``. A plugin is imported at preflight
     (``ablate.preflight.check_report``), not here: the report's modules (matplotlib, scipy)
-    take seconds to import, so only a registered name listed here imports them."""
+    take seconds to import, so only a registered name listed here imports them. The report is
+    built from the sweep's MLflow runs: names given with ``tracking.enabled: false`` are refused
+    rather than never drawn."""
     for field_name in ("figures", "findings"):
+        names = getattr(spec.report, field_name)
+        if names and not spec.tracking.enabled:
+            raise SpecError(
+                source,
+                f"report.{field_name}",
+                "the report is built from the sweep's MLflow runs, and tracking.enabled is "
+                "false: no report is written. Set tracking.enabled: true, or remove "
+                f"report.{field_name}",
+            )
         seen: set[str] = set()
         for index, name in enumerate(getattr(spec.report, field_name)):
             where = f"report.{field_name}[{index}]"

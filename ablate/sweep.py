@@ -709,6 +709,8 @@ def _run_checked(
             findings=plan.spec.report.findings,
         )
         report_path = str(built.summary_path)
+        for line in built.failed:
+            print(f"warning: report: {line}; left out of {report_path}", file=sys.stderr)
     return SweepSummary(
         rows, records, summary_path, report_path, checked.tracking_uri, trial_tally(plan, records)
     )

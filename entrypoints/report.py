@@ -11,9 +11,10 @@ on its parent run) are drawn and checked again; ``--figure`` / ``--finding`` add
 tracking URI defaults to $MLFLOW_TRACKING_URI; a sweep with the default store keeps it at
 ``sqlite:////<storage_path>/mlflow.db``.
 
-Exit status 2: no such experiment or sweep run, or a figure or finding that is unknown, does
-not import or does not fit; 74: the output directory, the MLflow store or its artifact
-location is full or read-only (the message names it).
+Exit status 1: one of the figures or findings raised while it was drawn or checked (the
+report is written without it, and names it); 2: no such experiment or sweep run, or a figure
+or finding that is unknown, does not import or does not fit; 74: the output directory, the
+MLflow store or its artifact location is full or read-only (the message names it).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(comparisons) > SHOWN_COMPARISONS:
             print(f"      and {len(comparisons) - SHOWN_COMPARISONS} more in summary.md")
     print(f"  summary: {report.summary_path}")
-    return 0
+    for line in report.failed:
+        print(f"error: {line}; left out of the report", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

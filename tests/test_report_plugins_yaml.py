@@ -63,6 +63,7 @@ def test_a_spec_without_a_report_section_names_nothing():
         ),
         (f"report.figures=[{FIGURE}, {FIGURE}]", "report.figures[1]", "is listed twice"),
         ("report.figurs=[temperature]", "report.figurs", "did you mean 'figures'?"),
+        ("tracking.enabled=false", "report.figures", "no report is written"),
     ],
 )
 def test_unknown_report_names_are_spec_errors_at_their_key(override, key, text):
@@ -219,3 +220,46 @@ def test_the_example_sweep_writes_its_own_figure_and_finding(ray_cluster, tmp_pa
         [experiment.experiment_id], "tags.`ablate.role` = 'sweep'", max_results=5
     )
     assert report_components(client, parents[0].info.run_id) == ([FIGURE], [FINDING])
+
+
+BROKEN = """
+def figure(results, metric):
+    raise ValueError("no temperature axis in this sweep")
+
+
+def finding(rows, varying_keys, metric, mode):
+    return {"claim": "not a Finding"}
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_figure_or_finding_that_raises_is_left_out_and_named(tmp_path, monkeypatch, capsys):
+    """One broken figure of the user's must not cost the report of a sweep that ran: the rest
+    is written, summary.md names what was left out and why, and the rebuild exits 1."""
+    (tmp_path / "broken_report.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    uri = default_tracking_uri(tmp_path / "store")
+    log_temperature_sweep(uri, "temps", spec_text="name: temps\n")
+    out = tmp_path / "report"
+    built = publish_report(
+        uri,
+        "temps",
+        out_dir=out,
+        figures=["broken_report:figure", FIGURE],
+        findings=["broken_report:finding", FINDING],
+        log_to_mlflow=False,
+    )
+    assert built.failed == [
+        "figure `broken_report:figure` raised ValueError: no temperature axis in this sweep",
+        "finding `broken_report:finding` raised TypeError: report finding "
+        "broken_report:finding returned dict, not an ablate.report.Finding",
+    ]
+    assert (out / "figures" / FIGURE_FILE).stat().st_size > 0  # the others are all there
+    assert [f.claim for f in built.findings].count(CLAIM) == 1
+    summary = built.summary_path.read_text()
+    assert "## Not in this report" in summary
+    assert "- figure `broken_report:figure` raised ValueError" in summary
+    base = ["--experiment", "temps", "--tracking-uri", uri, "--out", str(tmp_path / "again")]
+    assert report_main([*base, "--figure", "broken_report:figure", "--no-log"]) == 1
+    assert "error: figure `broken_report:figure` raised ValueError" in capsys.readouterr().err
+    assert (tmp_path / "again" / "summary.md").is_file()

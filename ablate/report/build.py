@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,6 +36,9 @@ class Report:
     results: SweepResults
     comparisons_path: Path | None = None
     confidence: Confidence | None = None
+    #: The user's figures and findings that raised (``figure `a.b:f` raised ValueError: ...``),
+    #: left out of the report and named in ``summary.md``.
+    failed: list[str] = field(default_factory=list)
 
 
 def build_report(
@@ -54,7 +57,9 @@ def build_report(
     ``summary.md`` ranked by ``metric`` in the direction of ``mode``.
 
     ``figures`` / ``findings``: a user's own figures and findings beside the registered ones,
-    named ``module.path:factory`` (``validate_plugins``).
+    named ``module.path:factory`` (``validate_plugins``). One of them that raises while the
+    report is built is left out, and named with its error in ``summary.md`` and
+    ``Report.failed``: the rest of the report is written.
 
     Raises ValueError for a mode other than ``"max"`` / ``"min"`` and the errors of
     ``validate_plugins`` (before writing anything).
@@ -97,11 +102,12 @@ def build_report(
     confidence = assess(results.rows, results.varying_keys, metric, mode)
     comparisons_path = out / "comparisons.parquet"
     write_results_table(confidence.comparison_rows(), comparisons_path, metadata)
-    drawn = draw_figures(results, out / "figures", metric, figures)
+    failed: list[str] = []
+    drawn = draw_figures(results, out / "figures", metric, figures, failed)
     drawn += draw_confidence_figures(confidence, out / "figures")
-    checked = check_findings(results.rows, results.varying_keys, metric, mode, findings)
+    checked = check_findings(results.rows, results.varying_keys, metric, mode, findings, failed)
     summary_path = out / "summary.md"
-    text = summary_markdown(results, checked, drawn, metric, mode, confidence)
+    text = summary_markdown(results, checked, drawn, metric, mode, confidence, failed)
     summary_path.write_text(text, encoding="utf-8")
     return Report(
         out,
@@ -113,6 +119,7 @@ def build_report(
         results,
         comparisons_path,
         confidence,
+        failed,
     )
 
 

@@ -737,10 +737,16 @@ FIGURES.add(
 
 
 def _chosen(
-    varying_keys: Sequence[str], rows: Sequence[Row], metric: str, extra: Sequence[str]
-) -> list[tuple[FigureKind, str, tuple[str, ...]]]:
-    """``[(kind, name, keys)]``: every kind in ``FIGURES`` then the ``extra`` plugins, the
-    fallback kinds last, each choosing with the keys the ones before it covered."""
+    varying_keys: Sequence[str],
+    rows: Sequence[Row],
+    metric: str,
+    extra: Sequence[str],
+    failed: list[str] | None = None,
+) -> list[tuple[FigureKind, str, tuple[str, ...], str | None]]:
+    """``[(kind, name, keys, plugin)]``: every kind in ``FIGURES`` then the ``extra`` plugins
+    (``plugin``: the name it was given; None for a registered kind), the fallback kinds last,
+    each choosing with the keys the ones before it covered. With ``failed``, a plugin whose
+    ``choose`` raises is left out and described there (``_failure``)."""
     plugins = [FIGURES.get(n) for n in dict.fromkeys(extra) if n not in FIGURES.names()]
     entries = [*FIGURES, *plugins]
     ordered = [e for e in entries if not e.component.fallback]
@@ -748,10 +754,24 @@ def _chosen(
     covered: set[str] = set()
     chosen = []
     for entry in ordered:
-        for name, keys in entry.component.choose(list(varying_keys), rows, metric, covered):
-            chosen.append((entry.component, name, keys))
+        plugin = entry.name if entry.plugin else None
+        try:
+            choices = entry.component.choose(list(varying_keys), rows, metric, covered)
+        except Exception as error:
+            if plugin is None or failed is None:
+                raise
+            failed.append(_failure(plugin, error))
+            continue
+        for name, keys in choices:
+            chosen.append((entry.component, name, keys, plugin))
             covered.update(keys)
     return chosen
+
+
+def _failure(plugin: str, error: BaseException) -> str:
+    """``figure `a.b:f` raised ValueError: message`` (the message's first line)."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"figure `{plugin}` raised {type(error).__name__}" + (f": {message}" if message else "")
 
 
 def choose_figures(
@@ -767,7 +787,7 @@ def choose_figures(
     Raises ``registry.UnknownComponentError`` / ``PluginImportError`` for an ``extra`` name
     that is unknown or does not import, TypeError for one that is no figure.
     """
-    return [(name, keys) for _, name, keys in _chosen(varying_keys, rows, metric, extra)]
+    return [(name, keys) for _, name, keys, _ in _chosen(varying_keys, rows, metric, extra)]
 
 
 def file_stem(name: str) -> str:
@@ -776,17 +796,33 @@ def file_stem(name: str) -> str:
 
 
 def draw_figures(
-    results: SweepResults, fig_dir: Path, metric: str, extra: Sequence[str] = ()
+    results: SweepResults,
+    fig_dir: Path,
+    metric: str,
+    extra: Sequence[str] = (),
+    failed: list[str] | None = None,
 ) -> list[Path]:
     """Draw the figures ``choose_figures`` picks into ``fig_dir`` (made if missing); those that
-    need data only when a comparable trial reported ``metric``. Returns the files written."""
+    need data only when a comparable trial reported ``metric``. Returns the files written.
+
+    ``failed``: where a user's figure (an ``extra`` plugin) that raises is described (``figure
+    `a.b:f` raised ValueError: ...``) instead of raising, so that one broken figure of the
+    user's does not cost the report of a sweep that ran; without it, its error propagates. A
+    registered figure's error always propagates (a bug of ours)."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     has_data = bool(group_stats(results.rows, [], metric))
     paths: list[Path] = []
-    for kind, name, keys in _chosen(results.varying_keys, results.rows, metric, extra):
+    for kind, name, keys, plugin in _chosen(
+        results.varying_keys, results.rows, metric, extra, failed
+    ):
         if kind.needs_data and not has_data:
             continue
-        paths += kind.draw(results, keys, fig_dir / file_stem(name), metric)
+        try:
+            paths += kind.draw(results, keys, fig_dir / file_stem(name), metric)
+        except Exception as error:
+            if plugin is None or failed is None:
+                raise
+            failed.append(_failure(plugin, error))
     return paths
 
 

@@ -443,6 +443,7 @@ def check_findings(
     metric: str = DEFAULT_RANKING_METRIC,
     mode: str = "max",
     extra: Sequence[str] = (),
+    failed: list[str] | None = None,
 ) -> list[Finding]:
     """The paper's qualitative findings on a results table (every check in ``FINDINGS``), then
     the ``extra`` ones (``module.path:factory`` plugins; a registered name is already checked),
@@ -450,7 +451,10 @@ def check_findings(
     untestable / not covered.
 
     Raises ``registry.UnknownComponentError`` / ``PluginImportError`` for an ``extra`` name
-    that is unknown or does not import, TypeError when a plugin returns no ``Finding``.
+    that is unknown or does not import. With ``failed`` a user's finding that raises or
+    returns no ``Finding`` is described there (``finding `a.b:f` raised ValueError: ...``) and
+    left out, so that it does not cost the report of a sweep that ran; without it, it raises
+    (TypeError when it returns no ``Finding``). A registered finding's error always raises.
     """
     entries = [
         *FINDINGS,
@@ -458,11 +462,21 @@ def check_findings(
     ]
     findings = []
     for entry in entries:
-        finding = entry.component(rows, varying_keys, metric, mode)
-        if not isinstance(finding, Finding):
-            raise TypeError(
-                f"report finding {entry.name} returned {type(finding).__name__}, not an "
-                "ablate.report.Finding"
+        try:
+            finding = entry.component(rows, varying_keys, metric, mode)
+            if not isinstance(finding, Finding):
+                raise TypeError(
+                    f"report finding {entry.name} returned {type(finding).__name__}, not an "
+                    "ablate.report.Finding"
+                )
+        except Exception as error:
+            if not entry.plugin or failed is None:
+                raise
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            failed.append(
+                f"finding `{entry.name}` raised {type(error).__name__}"
+                + (f": {message}" if message else "")
             )
+            continue
         findings.append(finding)
     return findings

@@ -600,12 +600,14 @@ def summary_markdown(
     metric: str,
     mode: str = "max",
     confidence: Confidence | None = None,
+    failed: Sequence[str] = (),
 ) -> str:
     """``summary.md``: trial counts, the configurations ranked by ``metric`` and ``mode`` (the
     sweep's ranking, as ``summary.json``), the set tied for best with every configuration
     against the best, the findings with their comparisons and verdicts, the importance of each
     key and the synergy of compositions (``confidence``; computed by ``assess`` when None),
-    early stopping, trials that did not complete, compute, figures."""
+    early stopping, trials that did not complete, compute, figures; ``failed``: the user's
+    figures and findings that raised, named under "Not in this report"."""
     rows, keys = results.rows, results.varying_keys
     conf = confidence if confidence is not None else assess(rows, keys, metric, mode)
     counts: dict[str, int] = {}
@@ -681,4 +683,15 @@ def summary_markdown(
     if pngs:
         lines += ["", "## Figures", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in pngs]
+    if failed:
+        lines += [
+            "",
+            "## Not in this report",
+            "",
+            "Your own figures and findings that raised while the report was built (the rest "
+            "of the report is complete; fix them, then rebuild it with `python -m "
+            "entrypoints.report --experiment <name>`):",
+            "",
+            *(f"- {line}" for line in failed),
+        ]
     return "\n".join(lines) + "\n"
