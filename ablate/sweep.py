@@ -679,6 +679,7 @@ def _run_checked(
             plan.spec.tracking.experiment or plan.name,
             execution=plan.name,
             spec_text=plan.text,
+            description=plan.spec.description,
             storage_path=plan.storage_path,
             metric=plan.metric,
             results_dir=plan.experiment_dir,

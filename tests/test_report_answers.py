@@ -340,7 +340,8 @@ def test_interaction_figures_are_chosen_for_crossed_keys_only():
 
 
 def test_the_spec_description_reaches_the_report_through_mlflow(tmp_path):
-    """The parent run's spec.yaml carries the sweep's description into ``load_results``."""
+    """The sweep's description reaches ``load_results``: the parent run's MLflow description,
+    else (runs of older versions) the description in the spec.yaml it logged."""
     from mlflow import MlflowClient
 
     from ablate.tracking import SweepTracker, default_tracking_uri, load_results
@@ -353,9 +354,19 @@ def test_the_spec_description_reaches_the_report_through_mlflow(tmp_path):
     plain = SweepTracker(uri, "plain", execution="e1", spec_text="name: plain\n")
     plain.start()
     plain.close()
+    # The sweep gives the resolved description (``--set description=...`` included): it is
+    # the parent run's MLflow description, and wins over the file's.
+    overridden = SweepTracker(
+        uri, "set", execution="e1", spec_text=spec, description="Does the head matter?"
+    )
+    overridden.start()
+    overridden.close()
     client = MlflowClient(tracking_uri=uri)
     assert load_results(client, "asks").description == QUESTION
     assert load_results(client, "plain").description == ""
+    parent = load_results(client, "set").parent_run_id
+    assert client.get_run(parent).data.tags["mlflow.note.content"] == "Does the head matter?"
+    assert load_results(client, "set").description == "Does the head matter?"
 
 
 def test_the_forest_plot_colours_tied_below_and_untested_apart():

@@ -35,6 +35,13 @@ TAG_STATUS_DETAIL = "ablate.status_detail"
 TAG_REASON = "ablate.reason"
 TAG_ERROR = "ablate.error"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+#: The parent run's description in MLflow's UI (its "Description" box): the spec's
+#: ``description``, the question the sweep asks, which the report opens with.
+TAG_DESCRIPTION = "mlflow.note.content"
+#: Parent-run tags: the sweep's own report figures and findings (JSON lists of names), set by
+#: ``publish.publish_report``, read by ``reader.report_components`` to rebuild its report.
+TAG_REPORT_FIGURES = "ablate.report.figures"
+TAG_REPORT_FINDINGS = "ablate.report.findings"
 #: Experiment tag naming what the experiment is for; MLflow 3's UI opens a
 #: ``custom_model_development`` experiment on its runs (model training), not on GenAI traces.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"

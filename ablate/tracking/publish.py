@@ -2,7 +2,7 @@
 
 ``publish_report`` reads the execution back (``reader.load_results``), has ``ablate.report``
 build the report (which knows nothing of MLflow) with the sweep's own figures and findings,
-records their names on the parent run (``reader.TAG_REPORT_FIGURES`` / ``TAG_REPORT_FINDINGS``,
+records their names on the parent run (``layout.TAG_REPORT_FIGURES`` / ``TAG_REPORT_FINDINGS``,
 read back by ``reader.report_components``) and logs its files and the swept keys' importance
 (``importance_metrics``) to the parent run.
 """
@@ -21,13 +21,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
 from ablate import vocabulary
-from ablate.tracking.layout import store_name
-from ablate.tracking.reader import (
-    TAG_REPORT_FIGURES,
-    TAG_REPORT_FINDINGS,
-    load_results,
-    report_components,
-)
+from ablate.tracking.layout import TAG_REPORT_FIGURES, TAG_REPORT_FINDINGS, store_name
+from ablate.tracking.reader import load_results, report_components
 from ablate.tracking.storage import storage_error
 
 if TYPE_CHECKING:

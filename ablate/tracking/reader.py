@@ -18,7 +18,10 @@ from mlflow.entities import Run
 
 from ablate import vocabulary
 from ablate.tracking.layout import (
+    TAG_DESCRIPTION,
     TAG_REPLICATE,
+    TAG_REPORT_FIGURES,
+    TAG_REPORT_FINDINGS,
     TAG_ROLE,
     TAG_STATUS,
     TAG_STATUS_DETAIL,
@@ -30,11 +33,6 @@ from ablate.tracking.layout import (
 
 if TYPE_CHECKING:
     from ablate.report import Row, SweepResults
-
-#: Parent-run tags: the sweep's own report figures and findings (JSON lists of names), what
-#: ``report_components`` reads to rebuild its report.
-TAG_REPORT_FIGURES = "ablate.report.figures"
-TAG_REPORT_FINDINGS = "ablate.report.findings"
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -151,9 +149,13 @@ def logged_spec(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
 
 
 def sweep_description(client: MlflowClient, parent_run_id: str) -> str:
-    """The ``description`` of the spec the parent run logged as ``spec.yaml`` (the question
-    the sweep asks, which the report opens with); empty when the run has no readable spec."""
-    description = logged_spec(client, parent_run_id).get("description")
+    """The sweep's ``description`` (the question it asks, which the report opens with): the
+    parent run's MLflow description (tag ``TAG_DESCRIPTION``, the resolved spec's, ``--set``
+    included), else that of the ``spec.yaml`` it logged (runs of older versions); empty when
+    neither has one."""
+    description = client.get_run(parent_run_id).data.tags.get(TAG_DESCRIPTION)
+    if description is None:
+        description = logged_spec(client, parent_run_id).get("description")
     return description.strip() if isinstance(description, str) else ""
 
 

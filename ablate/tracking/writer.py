@@ -33,6 +33,7 @@ from ablate import vocabulary
 from ablate.config import flatten
 from ablate.tracking.layout import (
     EXPERIMENT_KIND,
+    TAG_DESCRIPTION,
     TAG_ERROR,
     TAG_EXECUTION,
     TAG_EXPERIMENT_KIND,
@@ -72,6 +73,7 @@ RUN_NAME_ALIASES: dict[str, str] = {
 
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 _MAX_ERROR_TAG = 1000
+_MAX_TAG_VALUE = 8000  # MLflow's limit on a run tag's value (MAX_TAG_VAL_LENGTH)
 _MAX_RUN_NAME = 250  # the runs.name column of MLflow's SQL stores: String(250)
 _BATCH_PARAMS = 100  # MLflow's limit of params/tags per log_batch
 _BATCH_METRICS = 1000
@@ -207,7 +209,9 @@ class SweepTracker:
 
     ``results_dir``: the sweep's Tune experiment directory (``<storage>/<sweep>``, a path or
     URI), whose ``<trial_id>/result.json`` are the trials' own records: a continued execution
-    logs the epochs its runs lack from them (``backfill``).
+    logs the epochs its runs lack from them (``backfill``). ``description``: the question the
+    sweep asks (the spec's ``description``), the parent run's description in MLflow's UI
+    (``layout.TAG_DESCRIPTION``; cut to MLflow's 8000 characters).
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class SweepTracker:
         *,
         execution: str | None = None,
         spec_text: str | None = None,
+        description: str = "",
         storage_path: str | os.PathLike[str] | None = None,
         artifact_location: str | None = None,
         tags: dict[str, str] | None = None,
@@ -229,6 +234,7 @@ class SweepTracker:
         self.experiment = experiment
         self.execution = execution or time.strftime("%Y-%m-%d_%H-%M-%S")
         self.spec_text = spec_text
+        self.description = description
         self.storage_path = str(storage_path) if storage_path is not None else None
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.extra_tags = dict(tags or {})
@@ -348,6 +354,8 @@ class SweepTracker:
         }
         if self.storage_path:
             tags["ablate.storage_path"] = self.storage_path
+        if self.description.strip():
+            tags[TAG_DESCRIPTION] = _short(self.description.strip(), _MAX_TAG_VALUE)
         return tags
 
     def _interrupt_running_children(self, status: str, detail: str = "") -> dict[str, int]:
