@@ -503,8 +503,15 @@ def test_report_survives_one_replicate_no_keys_and_no_metric(tmp_path):
 
 
 def test_choose_figures_from_varying_keys():
-    aug = [row(score=0.5, **{"augment.ops": "crop+color"})]
+    aug = [row(score=0.5, **{"augment.ops": ops}) for ops in ("crop+color", "crop")]
     assert [name for name, _ in choose_figures(["augment.ops"], aug)] == [
+        "augmentation_matrix",
+        "learning_curves",
+    ]
+    # A key swept with one value compares nothing: no figure of it (the quickstart with
+    # `space.model.head={grid: [linear]}` once drew one bar, "linear", over "all").
+    one_head = [r | {"model.head": "linear"} for r in aug]
+    assert [n for n, _ in choose_figures(["augment.ops", "model.head"], one_head)] == [
         "augmentation_matrix",
         "learning_curves",
     ]

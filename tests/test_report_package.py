@@ -266,8 +266,9 @@ def test_a_users_figures_and_findings_join_the_report(tmp_path, plugin_module):
         "by_model.head_x_optim.base_lr",
         "learning_curves",
     ]
+    sources = [r | {"data.name": name} for r, name in zip(rows, "abab", strict=True)]
     chosen = choose_figures(
-        ["model.head", "optim.base_lr", "data.name"], rows, extra=[f"{plugin_module}:head_kind"]
+        ["model.head", "optim.base_lr", "data.name"], sources, extra=[f"{plugin_module}:head_kind"]
     )
     assert [name for name, _ in chosen if name.startswith("by_")] == [
         "by_optim.base_lr",

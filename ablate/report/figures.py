@@ -745,8 +745,12 @@ def _chosen(
 ) -> list[tuple[FigureKind, str, tuple[str, ...], str | None]]:
     """``[(kind, name, keys, plugin)]``: every kind in ``FIGURES`` then the ``extra`` plugins
     (``plugin``: the name it was given; None for a registered kind), the fallback kinds last,
-    each choosing with the keys the ones before it covered. With ``failed``, a plugin whose
-    ``choose`` raises is left out and described there (``_failure``)."""
+    each choosing with the keys the ones before it covered. A key that takes one value in
+    every row (a grid of one value) is not offered: a figure of it would compare nothing. With
+    ``failed``, a plugin whose ``choose`` raises is left out and described there
+    (``_failure``)."""
+    if rows:
+        varying_keys = [k for k in varying_keys if len({format_value(r.get(k)) for r in rows}) > 1]
     plugins = [FIGURES.get(n) for n in dict.fromkeys(extra) if n not in FIGURES.names()]
     entries = [*FIGURES, *plugins]
     ordered = [e for e in entries if not e.component.fallback]
