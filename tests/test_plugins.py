@@ -21,6 +21,8 @@ from ablate.spec import SpecError, parse_sweep
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "my_op.yaml"
 SOLARIZE = "examples.my_op:solarize"
+MY_FIGURE = "examples.my_figure:seed_spread"
+MY_FINDING = "examples.my_figure:best_beats_median"
 
 #: The example cut down for CI: 256 tiny images, 2 epochs of 3 steps, no MLflow.
 TINY = [
@@ -265,11 +267,16 @@ def test_a_driver_joining_a_cluster_ships_its_plugin_to_the_workers(ray_cluster,
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_example_sweep_runs_the_users_op_on_the_workers(ray_cluster, tmp_path):
+    """A user's op runs on the workers; the same sweep draws the user's own report figure and
+    checks their finding (examples/my_figure.py, named in ``report:``), which its parent run
+    records for ``entrypoints.report``."""
     from ablate.sweep import run_sweep
+    from ablate.tracking import report_components
 
     # With MLflow on, as a user runs it: the op's name and parameters become run params.
     overrides = [o for o in TINY if not o.startswith("tracking.")]
-    run_sweep(EXAMPLE, overrides=[*overrides, f"storage.path={tmp_path}"])
+    overrides += [f"report.figures=[{MY_FIGURE}]", f"report.findings=[{MY_FINDING}]"]
+    done = run_sweep(EXAMPLE, overrides=[*overrides, f"storage.path={tmp_path}"])
     summary = json.loads((tmp_path / "my_op" / "summary.json").read_text())
     trials = {tuple(t["varying"]["augment.ops"]): t for t in summary["trials"]}
     baseline, solarized = trials[("crop", "color")], trials[("crop", "color", SOLARIZE)]
@@ -289,7 +296,17 @@ def test_example_sweep_runs_the_users_op_on_the_workers(ray_cluster, tmp_path):
     logged = [r.data.params for r in client.search_runs([experiment.experiment_id])]
     key = f"augment.params.{SOLARIZE}.threshold"
     assert [p[key] for p in logged if SOLARIZE in p.get("augment.ops", "")] == ["0.5"]
-    assert (tmp_path / "my_op" / "report" / "summary.md").is_file()
+    report = tmp_path / "my_op" / "report"
+    assert done.report_path == str(report / "summary.md")
+    assert (report / "figures" / "examples_my_figure_seed_spread.png").stat().st_size > 0
+    summary = (report / "summary.md").read_text()
+    # Two configurations: the finding (it needs three) says so, in the findings table.
+    assert "the best configuration beats the median configuration" in summary
+    assert "examples/my_figure.py" in summary and "Not in this report" not in summary
+    parents = client.search_runs(
+        [experiment.experiment_id], "tags.`ablate.role` = 'sweep'", max_results=5
+    )
+    assert report_components(client, parents[0].info.run_id) == ([MY_FIGURE], [MY_FINDING])
 
 
 @pytest.mark.slow

@@ -200,28 +200,6 @@ def test_the_example_finding_is_not_covered_below_three_configurations():
     assert finding.label == "not covered" and finding.claim == CLAIM
 
 
-# ----------------------------------------------------------------------------- end to end
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_the_example_sweep_writes_its_own_figure_and_finding(ray_cluster, tmp_path):
-    from ablate.sweep import run_sweep
-
-    done = run_sweep(EXAMPLE, overrides=[f"storage.path={tmp_path}"])
-    report = tmp_path / "my_report" / "report"
-    assert done.report_path == str(report / "summary.md")
-    assert (report / "figures" / FIGURE_FILE).stat().st_size > 0
-    summary = (report / "summary.md").read_text()
-    assert CLAIM in summary and "examples/my_figure.py" in summary
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("my_report")
-    parents = client.search_runs(
-        [experiment.experiment_id], "tags.`ablate.role` = 'sweep'", max_results=5
-    )
-    assert report_components(client, parents[0].info.run_id) == ([FIGURE], [FINDING])
-
-
 BROKEN = """
 def figure(results, metric):
     raise ValueError("no temperature axis in this sweep")

@@ -284,7 +284,7 @@ def test_a_race_stops_adding_seeds_to_a_configuration_clearly_worse(ray_cluster,
     args = sweep_args(
         tmp_path,
         "name=race",
-        "replicates={min: 3, max: 4}",
+        "replicates={min: 2, max: 3}",
         f"space.model.arch={{grid: [{', '.join(arches)}]}}",
         "space.model.head={grid: [linear]}",
         "data.num_train=512",
@@ -309,13 +309,13 @@ def test_a_race_stops_adding_seeds_to_a_configuration_clearly_worse(ray_cluster,
     pixels, same, blind = (values[a] for a in arches)
     assert len(set(pixels + same)) == 1 and len(set(blind)) == 1  # the same on every seed
     assert pixels[0] > blind[0]
-    assert (len(pixels), len(same), len(blind)) == (4, 4, 3)
-    assert len(json.loads((experiment / "plan.json").read_text())["trials"]) == 9
-    added = json.loads((experiment / "round-1" / "plan.json").read_text())["trials"][9:]
+    assert (len(pixels), len(same), len(blind)) == (3, 3, 2)
+    assert len(json.loads((experiment / "plan.json").read_text())["trials"]) == 6
+    added = json.loads((experiment / "round-1" / "plan.json").read_text())["trials"][6:]
     assert sorted((t["varying"]["model.arch"], t["replicate"]) for t in added) == [
-        ("race_encoders:pixels", 3),
-        ("race_encoders:same_pixels", 3),
+        ("race_encoders:pixels", 2),
+        ("race_encoders:same_pixels", 2),
     ]
-    assert not (experiment / "round-2").exists()  # max 4 seeds: the race ends there
+    assert not (experiment / "round-2").exists()  # max 3 seeds: the race ends there
     assert "round 1: 2 new trial(s)" in done.stderr
     assert len(summary["trials"]) == summary["trials_planned"]["planned"]
