@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 from local_servers import placement_groups_left
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+from tiny_quickstart import QUICKSTART
 
 #: One tiny trial of the quickstart: 128 images of 16 px, 3 epochs of 2 steps, no MLflow.
 TINY = [
