@@ -133,20 +133,12 @@ class SweepConsole(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         row = self._row(trial)
-        row.epoch = int(result.get("epoch") or row.epoch)
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            row.metric = float(value)
+        self._take_result(row, result)
         self._event(trial, f"epoch {row.epoch}/{row.epochs}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        outcome = vocabulary.trial_outcome(
-            trial.last_result or {},
-            row.epochs,
-            early_stopping=getattr(self, "early_stopping", True),
-        )
-        row.state = outcome.status
+        outcome = self._end(row, trial)
         detail = "" if outcome.status == "completed" else f" ({outcome.detail})"
         self._event(trial, outcome.status + detail)
 
@@ -183,15 +175,25 @@ class SweepConsole(Callback):
                 continue
             row = self._row(trial)
             row.restored = True
-            last = trial.last_result or {}
-            row.epoch = int(last.get("epoch") or 0)
-            outcome = vocabulary.trial_outcome(
-                last, row.epochs, early_stopping=getattr(self, "early_stopping", True)
-            )
-            row.state = outcome.status
-            value = last.get(self.metric)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                row.metric = float(value)
+            self._take_result(row, trial.last_result or {})
+            self._end(row, trial)
+
+    def _take_result(self, row: _Row, result: dict) -> None:
+        """A trial's reported ``result``: its epoch and, when finite, the ranking metric."""
+        row.epoch = int(result.get("epoch") or row.epoch)
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            row.metric = float(value)
+
+    def _end(self, row: _Row, trial: Any) -> vocabulary.Outcome:
+        """The ended ``trial``'s outcome (``vocabulary.trial_outcome``), set as its state."""
+        outcome = vocabulary.trial_outcome(
+            trial.last_result or {},
+            row.epochs,
+            early_stopping=getattr(self, "early_stopping", True),
+        )
+        row.state = outcome.status
+        return outcome
 
     def _row(self, trial: Any) -> _Row:
         row = self.rows.get(trial.trial_id)

@@ -65,6 +65,14 @@ class Entry(Generic[T]):
     plugin: bool = False
 
 
+def raised(kind: str, name: str, error: BaseException) -> str:
+    """``figure `a.b:f` raised ValueError: message`` (the message's first line): a user's
+    component of ``kind`` named ``name`` that raised ``error`` when it ran."""
+    text = str(error).strip()
+    message = f": {text.splitlines()[0]}" if text else ""
+    return f"{kind} `{name}` raised {type(error).__name__}{message}"
+
+
 def _first_line(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -811,7 +811,7 @@ def _check_report(spec: SweepSpec, source: str) -> None:
                 f"report.{field_name}",
             )
         seen: set[str] = set()
-        for index, name in enumerate(getattr(spec.report, field_name)):
+        for index, name in enumerate(names):
             where = f"report.{field_name}[{index}]"
             if name in seen:
                 raise SpecError(source, where, f"{name!r} is listed twice")

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ablate.registry import Entry, Registry
+from ablate.registry import Entry, Registry, raised
 from ablate.report.augmentation import AugmentationMatrix, augmentation_matrix
 from ablate.report.confidence import (
     CONFIGURATION,
@@ -748,7 +748,7 @@ def _chosen(
     each choosing with the keys the ones before it covered. A key that takes one value in
     every row (a grid of one value) is not offered: a figure of it would compare nothing. With
     ``failed``, a plugin whose ``choose`` raises is left out and described there
-    (``_failure``)."""
+    (``registry.raised``)."""
     if rows:
         varying_keys = [k for k in varying_keys if len({format_value(r.get(k)) for r in rows}) > 1]
     plugins = [FIGURES.get(n) for n in dict.fromkeys(extra) if n not in FIGURES.names()]
@@ -764,18 +764,12 @@ def _chosen(
         except Exception as error:
             if plugin is None or failed is None:
                 raise
-            failed.append(_failure(plugin, error))
+            failed.append(raised("figure", plugin, error))
             continue
         for name, keys in choices:
             chosen.append((entry.component, name, keys, plugin))
             covered.update(keys)
     return chosen
-
-
-def _failure(plugin: str, error: BaseException) -> str:
-    """``figure `a.b:f` raised ValueError: message`` (the message's first line)."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"figure `{plugin}` raised {type(error).__name__}" + (f": {message}" if message else "")
 
 
 def choose_figures(
@@ -826,7 +820,7 @@ def draw_figures(
         except Exception as error:
             if plugin is None or failed is None:
                 raise
-            failed.append(_failure(plugin, error))
+            failed.append(raised("figure", plugin, error))
     return paths
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ablate.registry import Entry, Registry
+from ablate.registry import Entry, Registry, raised
 from ablate.report.augmentation import RIDES_WITH, op_meanings, paper_ops
 from ablate.report.confidence import better
 from ablate.report.table import (
@@ -472,11 +472,7 @@ def check_findings(
         except Exception as error:
             if not entry.plugin or failed is None:
                 raise
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            failed.append(
-                f"finding `{entry.name}` raised {type(error).__name__}"
-                + (f": {message}" if message else "")
-            )
+            failed.append(raised("finding", entry.name, error))
             continue
         findings.append(finding)
     return findings
