@@ -57,6 +57,10 @@ class PlacementGroupJanitor:
     def __init__(self, interval_s: float = CHECK_INTERVAL_S) -> None:
         self._interval_s = interval_s
         self._groups: dict[str, Any] = {}  # controller actor id (hex) -> PlacementGroup
+        # Every controller that asked for or holds a group, until its process is gone: ray.kill
+        # marks an actor dead before its process exits, and a controller killed while it
+        # starts a worker group can still create one in between (seen under load).
+        self._controllers: set[str] = set()
         self._trials: dict[str, str] = {}  # controller actor id -> its Train run's name (trial)
         # controller actor id -> (since when, wall-clock s; the worker group's bundles)
         self._waiting: dict[str, tuple[float, list[dict[str, float]]]] = {}
@@ -73,6 +77,7 @@ class PlacementGroupJanitor:
     def register(self, controller_id: str, placement_group: Any, trial: str | None = None) -> None:
         with self._lock:
             self._groups[controller_id] = placement_group
+            self._controllers.add(controller_id)
             self._waiting.pop(controller_id, None)
             if trial is not None:
                 self._trials[controller_id] = trial
@@ -81,12 +86,14 @@ class PlacementGroupJanitor:
         """The controller of ``trial`` asks the cluster for a worker group of ``bundles``; a
         retried request keeps the time of the first one."""
         with self._lock:
+            self._controllers.add(controller_id)
             self._trials[controller_id] = trial
             since = self._waiting.get(controller_id, (time.time(), bundles))[0]
             self._waiting[controller_id] = (since, bundles)
 
     def release(self, controller_id: str) -> None:
         with self._lock:
+            self._controllers.discard(controller_id)
             self._groups.pop(controller_id, None)
             self._waiting.pop(controller_id, None)
             self._trials.pop(controller_id, None)
@@ -113,20 +120,24 @@ class PlacementGroupJanitor:
 
     def drain(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for every registered controller (holding its group or
-        waiting for it) to end or release it, and for every group of the job made by a live
-        actor to go (checking as the watcher does, orphans removed; it gives up once the GCS
-        has not answered for ``UNANSWERED_S``); returns how many are still left."""
+        waiting for it) to release it or to end, its process gone, and for every group of the
+        job made by a live actor to go (checking as the watcher does, orphans removed; it gives
+        up once the GCS has not answered for ``UNANSWERED_S``); returns how many are still
+        left. It returns after two checks in a row found nothing left: the second catches a
+        group whose creation reached the GCS after its creator's end did."""
         deadline = time.monotonic() + timeout_s
         unanswered_since: float | None = None
+        clear_checks = 0
         while True:
             answered = self._check()
             now = time.monotonic()
             unanswered_since = None if answered else (unanswered_since or now)
             with self._lock:
                 # A group whose creator just died may not be flagged an orphan yet.
-                left = max(len(self._groups) + len(self._waiting), self._live_groups)
+                left = max(len(self._controllers), self._live_groups)
+            clear_checks = 0 if left else clear_checks + 1
             silent = unanswered_since is not None and now - unanswered_since >= UNANSWERED_S
-            if not left or silent or now > deadline:
+            if clear_checks >= 2 or silent or now > deadline:
                 return left
             time.sleep(self._interval_s)
 
@@ -145,25 +156,20 @@ class PlacementGroupJanitor:
 
     def _check_once(self) -> bool:
         with self._lock:
-            watched = list(self._groups.items())
-            waiting = [c for c in self._waiting if c not in self._groups]
-        answered = True
-        for controller_id in waiting:
-            if _actor_alive(controller_id) is False:
-                with self._lock:
-                    self._waiting.pop(controller_id, None)
-                    self._trials.pop(controller_id, None)
-        for controller_id, group in watched:
-            alive = _actor_alive(controller_id)
-            answered = answered and alive is not None
-            if alive is not False:
+            controllers = list(self._controllers)
+        # Read before the group table: a controller found gone made every group it ever will.
+        states = {c: _actor_state(c) for c in controllers}
+        answered = None not in states.values()
+        for controller_id, state in states.items():
+            if state not in ("dying", "gone"):
                 continue
             with self._lock:
-                if self._groups.get(controller_id) is not group:
-                    continue  # released or replaced meanwhile
-                del self._groups[controller_id]
-                self._trials.pop(controller_id, None)
-            if _remove(group):
+                self._waiting.pop(controller_id, None)
+                group = self._groups.pop(controller_id, None)
+                if state == "gone":
+                    self._controllers.discard(controller_id)
+                    self._trials.pop(controller_id, None)
+            if group is not None and _remove(group):
                 with self._lock:
                     self._removed.append(group.id.hex())
         try:
@@ -181,6 +187,32 @@ class PlacementGroupJanitor:
         with self._lock:
             self._live_groups = alive
         return answered
+
+
+def _actor_state(actor_id: str) -> str | None:
+    """``"alive"``, ``"dying"`` (dead per the GCS's actor table, its worker process not yet
+    reported gone: ``ray.kill`` marks the actor dead first), ``"gone"``, or None when the GCS
+    cannot tell. Read from the GCS's actor and worker tables, as ``_actor_alive``."""
+    from ray._private import state
+    from ray._raylet import ActorID, WorkerID
+    from ray.core.generated import gcs_pb2
+
+    try:
+        accessor = state.state._connect_and_get_accessor()
+        raw = accessor.get_actor_info(ActorID.from_hex(actor_id))
+        if raw is None:
+            return "gone"
+        actor = gcs_pb2.ActorTableData.FromString(raw)
+        if actor.state != gcs_pb2.ActorTableData.DEAD:
+            return "alive"
+        if not actor.address.worker_id:
+            return "gone"  # never had a process
+        raw = accessor.get_worker_info(WorkerID(actor.address.worker_id))
+    except Exception:
+        return None
+    if raw is None:
+        return "gone"
+    return "dying" if gcs_pb2.WorkerTableData.FromString(raw).is_alive else "gone"
 
 
 def _actor_alive(actor_id: str) -> bool | None:
@@ -304,7 +336,8 @@ class JanitorCallback(ControllerCallback, WorkerGroupCallback):
         bundles = [dict(worker_group_context.resources_per_worker)] * int(
             worker_group_context.num_workers
         )
-        self._janitor.waiting.remote(self._controller_id, self._trial, bundles)
+        # Waited for: the janitor then knows this controller before its group exists.
+        ray.get(self._janitor.waiting.remote(self._controller_id, self._trial, bundles))
 
     def after_worker_group_start(self, worker_group: Any) -> None:
         state = worker_group.get_worker_group_state()
@@ -355,6 +388,9 @@ def describe_reservations(
         if group.get("state") not in ("CREATED", "RESCHEDULING"):
             continue
         bundles = [dict(b) for b in (group.get("bundles") or {}).values()]
+        # Tune's own group for each trial holds one byte of memory: it holds no CPU or GPU.
+        if not any(b.get(k) for b in bundles for k in ("CPU", "GPU")):
+            continue
         if group_id in held_by:
             parts.append(f"trial {held_by[group_id]} ({_bundle_text(bundles)})")
         else:

@@ -53,6 +53,18 @@ def placement_groups_left() -> list[str]:
     ]
 
 
+def placement_groups_text() -> str:
+    """The connected cluster's placement groups that are not removed, one per line with their
+    state and bundles (for a failed assertion's message)."""
+    import ray
+
+    return "\n".join(
+        f"{pg_id[:12]} {pg['state']} {list(pg['bundles'].values())}"
+        for pg_id, pg in ray.util.placement_group_table().items()
+        if pg["state"] != "REMOVED"
+    )
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound and released)."""
     return free_port()
