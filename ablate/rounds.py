@@ -162,10 +162,27 @@ def check_resume(plan: SweepPlan, rounds: Sequence[Round]) -> Resume:
         if f"{section}.{key}" != "algorithm.max_concurrent_trials"
     }
     if plan.proposes:
-        if latest != ours:
-            changed.update(changed_keys({"sampled": latest.get("sampled")}, ours))
-            changed = changed or {"trials": ("saved", "new")}
-            _refuse(plan, where, changed, {})
+        # Named as the spec's keys: plan.json's base.train.epochs is train.epochs, its sampled
+        # keys are the spec's space keys.
+        renamed = {"base.": "", "sampled.": "space."}
+        changed = {
+            next(
+                (new + key[len(old) :] for old, new in renamed.items() if key.startswith(old)), key
+            ): values
+            for key, values in changed_keys(latest, ours).items()
+        }
+        if changed:
+            # Tune restores the searcher as it was saved, its concurrency limit included.
+            _refuse(
+                plan,
+                where,
+                changed,
+                {},
+                how=f"--resume continues an {plan.spec.algorithm.name} sweep as it was planned "
+                "(the searcher is restored as saved, its algorithm.max_concurrent_trials "
+                "included): restore those values, or run the changed spec under a new name "
+                "(--set name=...)",
+            )
         return Resume(list(rounds), [], [])
     configurations = {planned_key(v, 0): v for v in plan.configurations()}
     planned = {t.key(): t for t in plan.trials}
@@ -205,6 +222,9 @@ def _refuse(
     counts: Mapping[str, int],
     removed: Sequence[str] = (),
     removed_key: str = "space",
+    how: str = "--resume continues a sweep and can add trials (more replicates, more grid "
+    "values) but cannot change or drop the ones it ran: restore those values, or run the "
+    "changed spec under a new name (--set name=...)",
 ) -> None:
     parts = []
     if changed:
@@ -224,9 +244,7 @@ def _refuse(
     raise SpecError(
         plan.source,
         first,
-        f"{' and '.join(parts)} ({where}). --resume continues a sweep and can add trials "
-        "(more replicates, more grid values) but cannot change or drop the ones it ran: "
-        "restore those values, or run the changed spec under a new name (--set name=...)",
+        f"{' and '.join(parts)} ({where}). {how}",
     )
 
 

@@ -20,6 +20,7 @@ from tiny_quickstart import REPO, TINY, run
 
 from ablate import rounds
 from ablate.spec import SpecError
+from ablate.sweep import parse_sweep
 from ablate.trialrecord import planned_key
 
 #: The quickstart cut down: 256 tiny images, one epoch of 3 steps, no MLflow.
@@ -79,6 +80,38 @@ def test_a_changed_config_or_a_dropped_trial_is_refused_naming_the_key(tmp_path)
     assert caught.value.key == "space"
     assert "no longer plans 1 trial(s)" in caught.value.message
     assert "model.head=nonlinear (replicate 0)" in caught.value.message
+
+
+def test_an_optuna_sweep_resumes_unchanged_and_a_change_is_refused_naming_only_that_key(
+    tmp_path,
+):
+    """An Optuna sweep resumes its plan as saved; a change names the spec's key with its old
+    and new value (it once listed every key of the plan as `None -> value`)."""
+    spec = REPO / "search_spaces" / "simclr_temperature.yaml"
+
+    def optuna(*overrides: str):
+        return parse_sweep(
+            spec.read_text(), source=str(spec), overrides=[f"storage.path={tmp_path}", *overrides]
+        )
+
+    before = optuna()
+    assert rounds.check_resume(optuna(), [saved_round(before)]).new == []
+    for override, key, shown in [
+        ("train.epochs=70", "train.epochs", "train.epochs: 200 -> 70"),
+        (
+            "space.loss.temperature={loguniform: [0.1, 1.0]}",
+            "space.loss.temperature.loguniform",
+            "space.loss.temperature.loguniform: [0.05,1.0] -> [0.1,1.0]",
+        ),
+        # Tune restores the searcher with its concurrency limit: a new one would be ignored.
+        ("algorithm.max_concurrent_trials=2", "algorithm.max_concurrent_trials", "4 -> 2"),
+    ]:
+        with pytest.raises(SpecError) as caught:
+            rounds.check_resume(optuna(override), [saved_round(before)])
+        assert caught.value.key == key
+        assert shown in caught.value.message
+        assert "None ->" not in caught.value.message
+        assert "continues an optuna sweep as it was planned" in caught.value.message
 
 
 def test_a_later_rounds_plan_lists_every_trial_and_each_round_owns_its_new_ones(tmp_path):
