@@ -277,21 +277,18 @@ def check_components(plan: SweepPlan) -> None:
 def check_report(plan: SweepPlan) -> None:
     """The sweep's own report figures and findings (``report.figures`` / ``report.findings``,
     ``module.path:factory``): each is imported and checked against its kind by
-    ``ablate.report.validate_plugins`` here, so that a typo does not surface only when the
+    ``ablate.report.component_errors`` here, so that a typo does not surface only when the
     report is written after the last trial. Raises ``SpecError`` at ``report.figures[i]`` /
     ``report.findings[i]`` naming what went wrong. The report is written by the driver alone,
     so no worker imports these (``ablate.plugins.runtime_env`` leaves them out). Imports
     ``ablate.report`` (seconds: matplotlib, scipy) only when the spec names a plugin."""
-    for field_name in ("figures", "findings"):
-        for index, name in enumerate(getattr(plan.spec.report, field_name)):
-            if not is_plugin_name(name):
-                continue  # a registered name: checked when the spec was read
-            from ablate.report import validate_plugins
+    report = plan.spec.report
+    if not any(is_plugin_name(name) for name in [*report.figures, *report.findings]):
+        return  # registered names only: checked when the spec was read
+    from ablate.report import component_errors
 
-            try:
-                validate_plugins(**{field_name: [name]})
-            except (ValueError, TypeError) as error:  # unknown, does not import, does not fit
-                raise SpecError(plan.source, f"report.{field_name}[{index}]", str(error)) from None
+    for kind, index, _name, error in component_errors(report.figures, report.findings):
+        raise SpecError(plan.source, f"report.{kind}s[{index}]", str(error))
 
 
 # ----------------------------------------------------------------------------- tracking

@@ -29,7 +29,7 @@ from ablate.report.augmentation import (
     paper_ops,
     parse_ops,
 )
-from ablate.report.build import Report, build_report, validate_plugins
+from ablate.report.build import Report, build_report, component_errors, validate_plugins
 from ablate.report.confidence import (
     CONFIGURATION,
     Confidence,
@@ -125,6 +125,7 @@ __all__ = [
     "check_head_order",
     "choose_figures",
     "comparable",
+    "component_errors",
     "configuration_keys",
     "configuration_label",
     "draw_confidence_figures",

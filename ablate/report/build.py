@@ -7,7 +7,7 @@ logs what ``build_report`` writes into the sweep's parent run.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,17 +123,27 @@ def build_report(
     )
 
 
-def validate_plugins(figures: Sequence[str] = (), findings: Sequence[str] = ()) -> None:
-    """Check a sweep's own report figures and findings before anything runs: each name is a
-    registered one (``FIGURES`` / ``FINDINGS``) or a ``module.path:factory`` that imports and
-    fits (a ``FigureKind`` or a function ``(results, metric) -> Figure | None``; a function
-    ``(rows, varying_keys, metric, mode) -> Finding``).
+def component_errors(
+    figures: Sequence[str] = (), findings: Sequence[str] = ()
+) -> Iterator[tuple[str, int, str, ValueError | TypeError]]:
+    """Each report figure or finding name that is not usable, as ``(kind, index, name,
+    error)``: ``kind`` ``"figure"`` or ``"finding"``, ``index`` its place in its list. A usable
+    name is a registered one (``FIGURES`` / ``FINDINGS``) or a ``module.path:factory`` that
+    imports and fits (a ``FigureKind`` or a function ``(results, metric) -> Figure | None``; a
+    function ``(rows, varying_keys, metric, mode) -> Finding``). ``error`` is a
+    ``registry.UnknownComponentError`` (with did-you-mean) for an unknown name, a
+    ``registry.PluginImportError`` for a plugin that does not import, a TypeError for one
+    that does not fit; all but TypeError are ValueErrors."""
+    for kind, registry, names in (("figure", FIGURES, figures), ("finding", FINDINGS, findings)):
+        for index, name in enumerate(names):
+            try:
+                registry.validate(name)
+            except (ValueError, TypeError) as error:
+                yield kind, index, name, error
 
-    Raises ``registry.UnknownComponentError`` (with did-you-mean) for an unknown name,
-    ``registry.PluginImportError`` for a plugin that does not import, TypeError for one that
-    does not fit; all but TypeError are ValueErrors.
-    """
-    for name in figures:
-        FIGURES.validate(name)
-    for name in findings:
-        FINDINGS.validate(name)
+
+def validate_plugins(figures: Sequence[str] = (), findings: Sequence[str] = ()) -> None:
+    """Check a sweep's own report figures and findings before anything runs; raises the
+    first ``component_errors`` error."""
+    for _kind, _index, _name, error in component_errors(figures, findings):
+        raise error

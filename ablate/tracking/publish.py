@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class ReportComponentError(ValueError):
     """A report figure or finding that is unknown, does not import or does not fit its kind;
     the message names the name, where it came from (given, or recorded on the parent run) and
-    the cause (``ablate.report.validate_plugins``)."""
+    the cause (``ablate.report.component_errors``)."""
 
 
 def publish_report(
@@ -133,18 +133,14 @@ def publish_report(
 
 
 def _check_components(figures: Sequence[str], findings: Sequence[str], origin: str) -> None:
-    """``ablate.report.validate_plugins`` on each name; raises ``ReportComponentError`` naming
-    the first that fails, its kind and ``origin``."""
+    """Raises ``ReportComponentError`` naming the first of ``figures`` / ``findings`` that
+    ``ablate.report.component_errors`` finds unusable, its kind and ``origin``."""
     if not (figures or findings):
         return
-    from ablate.report import validate_plugins
+    from ablate.report import component_errors
 
-    for kind, names in (("figure", figures), ("finding", findings)):
-        for name in names:
-            try:
-                validate_plugins(**{f"{kind}s": [name]})
-            except (ValueError, TypeError) as error:  # unknown, does not import, does not fit
-                raise ReportComponentError(f"report {kind} {name!r} ({origin}): {error}") from None
+    for kind, _index, name, error in component_errors(figures, findings):
+        raise ReportComponentError(f"report {kind} {name!r} ({origin}): {error}")
 
 
 def importance_metrics(built: Report) -> dict[str, float]:
