@@ -195,6 +195,16 @@ def trials_per_status(results, metric):
     return figure
 
 
+def with_pyplot(results, metric):
+    """Drawn with pyplot, as many users do: pyplot keeps the figure until it is closed."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    axes.plot([row[metric] for row in results.rows if metric in row])
+    plt.figure()  # one more pyplot figure, left open and not returned
+    return figure
+
+
 def nothing(results, metric):
     return None
 
@@ -245,11 +255,21 @@ def test_a_users_figures_and_findings_join_the_report(tmp_path, plugin_module):
         )
     ]
     results = SweepResults("e", "p", rows, ["model.head", "optim.base_lr"])
-    figures = [f"{plugin_module}:trials_per_status", f"{plugin_module}:nothing"]
+    figures = [
+        f"{plugin_module}:trials_per_status",
+        f"{plugin_module}:nothing",
+        f"{plugin_module}:with_pyplot",
+    ]
     findings = [f"{plugin_module}:linear_beats_none", "head_order"]  # a built-in runs once
+    import matplotlib.pyplot as plt
+
+    open_before = plt.get_fignums()
     report = build_report(results, tmp_path / "out", figures=figures, findings=findings)
     names = {p.name for p in report.figures}
     assert {"my_report_plugins_trials_per_status.png", "projection_head.png"} <= names
+    assert "my_report_plugins_with_pyplot.png" in names
+    # What a user's figure opened with pyplot is closed: the driver would keep each report's.
+    assert plt.get_fignums() == open_before
     assert not any("nothing" in name for name in names)
     assert [f.claim for f in report.findings][-1] == "linear beats none"
     assert len(report.findings) == len(FINDINGS) + 1

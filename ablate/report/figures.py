@@ -13,9 +13,11 @@ of every configuration against the best and the importance of each key.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -816,12 +818,34 @@ def draw_figures(
         if kind.needs_data and not has_data:
             continue
         try:
-            paths += kind.draw(results, keys, fig_dir / file_stem(name), metric)
+            with _closing_pyplot_figures(plugin is not None):
+                paths += kind.draw(results, keys, fig_dir / file_stem(name), metric)
         except Exception as error:
             if plugin is None or failed is None:
                 raise
             failed.append(raised("figure", plugin, error))
     return paths
+
+
+@contextlib.contextmanager
+def _closing_pyplot_figures(active: bool) -> Iterator[None]:
+    """Close the pyplot figures opened inside (when ``active``: around a user's figure). Our
+    figures are ``Figure`` objects that nothing else holds; a user's drawn with pyplot stay in
+    pyplot's list until closed, and the driver would keep every report's (matplotlib warns
+    past 20)."""
+    if not active:
+        yield
+        return
+    # pyplot is looked up, not imported: a figure that used it has imported it.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    before = set(pyplot.get_fignums()) if pyplot is not None else set()
+    try:
+        yield
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            for number in set(pyplot.get_fignums()) - before:
+                pyplot.close(number)
 
 
 # ----------------------------------------------------------------------------- confidence: figures
