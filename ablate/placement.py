@@ -16,6 +16,9 @@ which needs the dashboard) and removes the placement group of any that is dead. 
 removes every placement group of the sweep's job whose creator actor is dead
 (``actor_groups``), which covers a group still waiting to be placed when its controller
 died: such a group was placed later and kept the cores reserved, freezing the sweep (issue 22).
+A controller counts as ended once its process is gone, not when the GCS first calls it dead:
+``ray.kill`` marks it dead at once, and one killed while it starts a worker group can still
+create that group (seen on loaded cores, where the group then outlived the sweep).
 ``start_janitor`` starts it as a named actor owned by the sweep's driver; ``stop_janitor`` waits
 for the controllers still registered to end (removing what they leave), then ends it.
 """
@@ -40,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two checks of the registered controllers.
 CHECK_INTERVAL_S = 1.0
+#: Seconds between ``drain``'s check that found nothing left and the one that confirms it.
+SETTLE_S = 0.25
 #: Seconds without an answer from the GCS after which ``drain`` stops waiting.
 UNANSWERED_S = 10.0
 
@@ -139,7 +144,7 @@ class PlacementGroupJanitor:
             silent = unanswered_since is not None and now - unanswered_since >= UNANSWERED_S
             if clear_checks >= 2 or silent or now > deadline:
                 return left
-            time.sleep(self._interval_s)
+            time.sleep(SETTLE_S if clear_checks else self._interval_s)
 
     def _watch(self) -> None:
         while True:
