@@ -169,14 +169,25 @@ class SweepConsole(Callback):
 
     def _adopt(self, trials: list) -> None:
         """Count the trials of a restored experiment that had ended: they raise no event (a
-        finished round that ``--resume`` restores runs no step at all, only its end)."""
+        finished round that ``--resume`` restores runs no step at all, only its end). Outside
+        a terminal one line says how many and how they had ended."""
+        adopted: dict[str, int] = {}
         for trial in trials:
             if trial.trial_id in self.rows or trial.status != "TERMINATED":
                 continue
             row = self._row(trial)
             row.restored = True
             self._take_result(row, trial.last_result or {})
-            self._end(row, trial)
+            status = self._end(row, trial).status
+            adopted[status] = adopted.get(status, 0) + 1
+        if adopted and not self.live:
+            ended = ", ".join(f"{n} {status}" for status, n in adopted.items())
+            print(
+                f"[{_duration(time.time() - self.started_at):>6}] restored "
+                f"{sum(adopted.values())} trial(s) that had ended: {ended}  ({self.progress()})",
+                file=self.stream,
+                flush=True,
+            )
 
     def _take_result(self, row: _Row, result: dict) -> None:
         """A trial's reported ``result``: its epoch and, when finite, the ranking metric."""

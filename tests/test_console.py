@@ -99,7 +99,8 @@ def test_a_restored_trial_that_had_ended_counts_as_done_but_not_in_the_rate():
     """A resumed sweep's restored trials raise no event: they are counted done from the
     trials Tune lists, and the ETA's rate comes only from epochs this driver ran (it once
     said 'trials 0/15 done' and a 10-minute ETA while extending a sweep of 9 by 6)."""
-    view = SweepConsole("val/knn_top1", 3, 4, stream=io.StringIO(), live=False)
+    stream = io.StringIO()
+    view = SweepConsole("val/knn_top1", 3, 4, stream=stream, live=False)
     restored = [_trial(f"old{i}", i) for i in range(2)]
     for trial in restored:
         trial.update_last_result({"epoch": 4, "training_iteration": 4, "val/knn_top1": 0.7})
@@ -111,3 +112,6 @@ def test_a_restored_trial_that_had_ended_counts_as_done_but_not_in_the_rate():
     progress = view.progress()
     assert progress.startswith("trials 2/3 done, 0 running"), progress
     assert "ETA ?" in progress  # no epoch ran here yet: no rate to extrapolate from
+    # Outside a terminal, one line says so (there had been none: they appeared only as a count).
+    (line,) = stream.getvalue().splitlines()
+    assert "restored 2 trial(s) that had ended: 2 completed  (trials 2/3 done" in line
