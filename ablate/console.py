@@ -14,8 +14,11 @@ and the stdout/stderr of every Ray worker process (Tune's trial actors, Train's 
 workers: "Reporting training result", "Checkpoint successfully created", ...), which Ray streams
 to the driver (``ray.init(log_to_driver=True)``, the default) on every node of the cluster.
 
-The ETA assumes the epochs still to run take as long as those done so far, start-up included
-(``elapsed * remaining epochs / epochs done``); trials that ASHA stops early end it sooner.
+The ETA (``eta_seconds``) is the work still to do over the trials that run at once: an epoch
+takes what the trials' epochs after their first took (the median over trials), a trial's start
+takes what its first result took beyond one such epoch, and every planned trial runs all its
+epochs (trials that ASHA stops early end the sweep sooner). Until some trial has reported two
+epochs it is ``?``, or, once a trial has ended, elapsed time over the epochs done so far.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -70,6 +74,11 @@ class _Row:
     metric: float | None = None
     state: str = "pending"
     restored: bool = False  # ended before this driver started (a resumed sweep)
+    # Wall-clock times (s) of its start and of its first and latest result, for the ETA.
+    started_at: float | None = None
+    first_at: float | None = None
+    first_epoch: int = 0
+    last_at: float | None = None
 
 
 class SweepConsole(Callback):
@@ -127,6 +136,8 @@ class SweepConsole(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row.state = "running"
+        row.started_at = time.time()
+        self._running_at_once = max(getattr(self, "_running_at_once", 1), self._running())
         self._event(trial, "started")
 
     def on_trial_result(
@@ -134,6 +145,9 @@ class SweepConsole(Callback):
     ) -> None:
         row = self._row(trial)
         self._take_result(row, result)
+        row.last_at = time.time()
+        if row.first_at is None:
+            row.first_at, row.first_epoch = row.last_at, row.epoch
         self._event(trial, f"epoch {row.epoch}/{row.epochs}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -227,22 +241,58 @@ class SweepConsole(Callback):
         states = [r.state for r in self.rows.values()]
         running = states.count("running")
         done = len(states) - running - states.count("pending")
-        elapsed = time.time() - self.started_at
-        # The rate comes from the epochs this driver ran: restored trials ran before its clock.
-        ran = [r for r in self.rows.values() if not r.restored]
-        epochs_done = sum(
-            r.epochs if r.state not in ("running", "pending") else r.epoch for r in ran
-        )
-        planned = sum(r.epochs for r in ran)
-        planned += max(self.num_trials - len(self.rows), 0) * self.epochs
-        remaining = max(planned - epochs_done, 0)
-        eta = elapsed * remaining / epochs_done if epochs_done else None
+        now = time.time()
         round_index = getattr(self, "round", 0)
         return (
             (f"round {round_index}: " if round_index else "")
             + f"trials {done}/{max(self.num_trials, len(self.rows))} done, {running} running | "
-            f"elapsed {_duration(elapsed)} | ETA {_duration(eta if remaining else 0.0)}"
+            f"elapsed {_duration(now - self.started_at)} | ETA {_duration(self.eta_seconds(now))}"
         )
+
+    def _running(self) -> int:
+        return sum(r.state == "running" for r in self.rows.values())
+
+    def eta_seconds(self, now: float) -> float | None:
+        """Seconds until every planned trial has run all its epochs, from the timings of the
+        trials this driver ran (restored ones ran before its clock): the remaining epochs at
+        the median seconds per epoch after a trial's first, plus the start of each trial not
+        yet reporting, over the most trials seen running at once. None (``?``) before any
+        trial reported a second epoch and before any trial ended."""
+        ran = [r for r in self.rows.values() if not r.restored]
+        unstarted = max(self.num_trials - len(self.rows), 0)
+        rates = [
+            (r.last_at - r.first_at) / (r.epoch - r.first_epoch)
+            for r in ran
+            if r.first_at is not None and r.last_at is not None and r.epoch > r.first_epoch
+        ]
+        if not rates:
+            # Only first epochs so far, start-up included: a rate only once a trial has ended.
+            ended = [r for r in ran if r.state not in ("running", "pending")]
+            if not ended:
+                return None if unstarted or any(r.state == "running" for r in ran) else 0.0
+            epochs_done = sum(r.epoch if r.state == "running" else r.epochs for r in ran)
+            planned = sum(r.epochs for r in ran) + unstarted * self.epochs
+            remaining = max(planned - epochs_done, 0)
+            return (now - self.started_at) * remaining / epochs_done if epochs_done else None
+        epoch_s = statistics.median(rates)
+        starts = [
+            max(r.first_at - r.started_at - (r.first_epoch * epoch_s), 0.0)
+            for r in ran
+            if r.first_at is not None and r.started_at is not None
+        ]
+        start_s = statistics.median(starts) if starts else 0.0
+        work = unstarted * (start_s + self.epochs * epoch_s)
+        for r in ran:
+            if r.state == "pending":
+                work += start_s + r.epochs * epoch_s
+            elif r.state == "running" and r.first_at is None:  # still starting
+                since = now - (r.started_at or now)
+                work += max(start_s + r.epochs * epoch_s - since, r.epochs * epoch_s)
+            elif r.state == "running":
+                since = now - (r.last_at or now)
+                work += max((r.epochs - r.epoch) * epoch_s - since, 0.0)
+        at_once = max(getattr(self, "_running_at_once", 1), self._running(), 1)
+        return work / at_once
 
     def _event(self, trial: Any, what: str) -> None:
         if self.live:

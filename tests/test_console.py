@@ -6,6 +6,8 @@ import io
 import os
 import pty
 
+import pytest
+
 from ablate.console import SweepConsole, _duration, is_live
 
 
@@ -115,3 +117,31 @@ def test_a_restored_trial_that_had_ended_counts_as_done_but_not_in_the_rate():
     # Outside a terminal, one line says so (there had been none: they appeared only as a count).
     (line,) = stream.getvalue().splitlines()
     assert "restored 2 trial(s) that had ended: 2 completed  (trials 2/3 done" in line
+
+
+def test_the_eta_is_per_epoch_after_the_first_plus_each_trials_start():
+    """The quickstart as run with ASHA: the sweep's start and a trial's start-up (13 s, then
+    21 s to its first epoch) once made the ETA after the first epoch read 53 minutes for a
+    sweep that took 2. An epoch costs what a trial's epochs after its first cost; a start what
+    its first result took beyond that; two trials ran at once."""
+    view = SweepConsole("val/knn_top1", 6, 16, stream=io.StringIO(), live=False)
+    a, b = _trial("a", 0, epochs=16), _trial("b", 1, epochs=16)
+    for trial in (a, b):
+        view.on_trial_start(0, [a, b], trial)
+    view.started_at = 0.0
+    view.rows["a"].started_at = view.rows["b"].started_at = 13.0
+
+    def result(trial, epoch: int, at: float) -> None:
+        view.on_trial_result(0, [a, b], trial, {"epoch": epoch, "val/knn_top1": 0.3})
+        view.rows[trial.trial_id].last_at = at
+        if epoch == 1:
+            view.rows[trial.trial_id].first_at = at
+
+    result(a, 1, 34.0)
+    assert view.eta_seconds(34.0) is None  # one first epoch: start-up and epoch not apart
+    result(a, 2, 36.0)
+    # 2 s an epoch, 19 s a start: a has 14 epochs left (28 s), b is starting (32 s at least),
+    # 4 trials not started (4 x 51 s); over 2 at once.
+    assert view.eta_seconds(36.0) == pytest.approx((28 + 32 + 4 * 51) / 2)
+    # Later on the clock, a's remaining epochs shrink with the time since its last result.
+    assert view.eta_seconds(40.0) == pytest.approx((24 + 32 + 4 * 51) / 2)
