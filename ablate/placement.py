@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 1.0
 #: Seconds between ``drain``'s check that found nothing left and the one that confirms it.
 SETTLE_S = 0.25
+#: Seconds a controller may stay dead with its process still reported running before it counts
+#: as gone anyway (a lost node reports no process exit).
+DYING_S = 30.0
 #: Seconds without an answer from the GCS after which ``drain`` stops waiting.
 UNANSWERED_S = 10.0
 
@@ -66,6 +69,7 @@ class PlacementGroupJanitor:
         # marks an actor dead before its process exits, and a controller killed while it
         # starts a worker group can still create one in between (seen under load).
         self._controllers: set[str] = set()
+        self._dying_since: dict[str, float] = {}  # controller -> when first seen dying (monotonic)
         self._trials: dict[str, str] = {}  # controller actor id -> its Train run's name (trial)
         # controller actor id -> (since when, wall-clock s; the worker group's bundles)
         self._waiting: dict[str, tuple[float, list[dict[str, float]]]] = {}
@@ -76,6 +80,7 @@ class PlacementGroupJanitor:
         # One check at a time: drain's check then returns only after a removal the watcher
         # had under way is done and recorded (else the janitor could be killed mid-removal).
         self._checking = threading.Lock()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="janitor", daemon=True)
         self._thread.start()
 
@@ -99,6 +104,7 @@ class PlacementGroupJanitor:
     def release(self, controller_id: str) -> None:
         with self._lock:
             self._controllers.discard(controller_id)
+            self._dying_since.pop(controller_id, None)
             self._groups.pop(controller_id, None)
             self._waiting.pop(controller_id, None)
             self._trials.pop(controller_id, None)
@@ -146,9 +152,12 @@ class PlacementGroupJanitor:
                 return left
             time.sleep(SETTLE_S if clear_checks else self._interval_s)
 
+    def stop(self) -> None:
+        """End the watcher thread (the actor's own end, ``ray.kill``, ends it too)."""
+        self._stopped.set()
+
     def _watch(self) -> None:
-        while True:
-            time.sleep(self._interval_s)
+        while not self._stopped.wait(self._interval_s):
             try:
                 self._check()
             except Exception:  # a transient state-API failure: the next check retries
@@ -165,15 +174,20 @@ class PlacementGroupJanitor:
         # Read before the group table: a controller found gone made every group it ever will.
         states = {c: _actor_state(c) for c in controllers}
         answered = None not in states.values()
+        now = time.monotonic()
         for controller_id, state in states.items():
             if state not in ("dying", "gone"):
                 continue
+            if state == "dying":
+                since = self._dying_since.setdefault(controller_id, now)
+                state = "gone" if now - since > DYING_S else state
             with self._lock:
                 self._waiting.pop(controller_id, None)
                 group = self._groups.pop(controller_id, None)
                 if state == "gone":
                     self._controllers.discard(controller_id)
                     self._trials.pop(controller_id, None)
+                    self._dying_since.pop(controller_id, None)
             if group is not None and _remove(group):
                 with self._lock:
                     self._removed.append(group.id.hex())

@@ -79,6 +79,45 @@ def test_the_janitor_removes_orphaned_groups_pending_or_placed_and_keeps_live_on
         ray.kill(live)
 
 
+@pytest.mark.timeout(120)
+def test_a_killed_controller_counts_until_its_process_is_gone(ray_cluster, monkeypatch, request):
+    """ray.kill marks an actor dead before its process exits, and a controller killed while it
+    starts a worker group could create that group in between (a group then outlived the sweep
+    on loaded cores): the janitor reads the process's end from the GCS's worker table and
+    waits for it; a process a lost node never reports gone counts as gone after DYING_S."""
+    import ray
+
+    from ablate import placement
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def ready(self) -> bool:
+            return True
+
+    actor = Controller.remote()
+    ray.get(actor.ready.remote())
+    actor_id = actor._actor_id.hex()
+    assert placement._actor_state(actor_id) == "alive"
+    ray.kill(actor, no_restart=True)
+    seen = []
+    assert _wait(lambda: seen.append(placement._actor_state(actor_id)) or seen[-1] == "gone", 30)
+    assert "alive" not in seen
+
+    janitor = placement.PlacementGroupJanitor(interval_s=0.1)
+    request.addfinalizer(janitor.stop)
+    janitor.waiting("c1", "trial-1", [{"CPU": 1.0}])
+    states = {"c1": "dying"}
+    monkeypatch.setattr(placement, "_actor_state", lambda actor: states[actor])
+    assert janitor.drain(timeout_s=1.0) == 1  # dead, its process still running: not over
+    assert janitor.view()["waiting"] == []  # but no longer waiting for the cluster
+    states["c1"] = "gone"
+    assert janitor.drain(timeout_s=5.0) == 0
+    janitor.waiting("c2", "trial-2", [{"CPU": 1.0}])
+    states["c2"] = "dying"
+    monkeypatch.setattr(placement, "DYING_S", 0.3)
+    assert janitor.drain(timeout_s=5.0) == 0
+
+
 def test_reservations_are_described_by_trial_and_foreign_groups():
     from ablate import placement
 
