@@ -178,10 +178,10 @@ def check_resume(plan: SweepPlan, rounds: Sequence[Round]) -> Resume:
                 where,
                 changed,
                 {},
-                how=f"--resume continues an {plan.spec.algorithm.name} sweep as it was planned "
-                "(the searcher is restored as saved, its algorithm.max_concurrent_trials "
-                "included): restore those values, or run the changed spec under a new name "
-                "(--set name=...)",
+                how=f"--resume continues a sweep searched by {plan.spec.algorithm.name} exactly "
+                "as it was planned (the searcher is restored as saved, its "
+                "algorithm.max_concurrent_trials included): restore those values, or run the "
+                "changed spec under a new name (--set name=...)",
             )
         return Resume(list(rounds), [], [])
     configurations = {planned_key(v, 0): v for v in plan.configurations()}

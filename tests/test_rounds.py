@@ -111,7 +111,9 @@ def test_an_optuna_sweep_resumes_unchanged_and_a_change_is_refused_naming_only_t
         assert caught.value.key == key
         assert shown in caught.value.message
         assert "None ->" not in caught.value.message
-        assert "continues an optuna sweep as it was planned" in caught.value.message
+        assert "continues a sweep searched by optuna exactly as it was planned" in (
+            caught.value.message
+        )
 
 
 def test_a_later_rounds_plan_lists_every_trial_and_each_round_owns_its_new_ones(tmp_path):
