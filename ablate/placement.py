@@ -211,7 +211,14 @@ class PlacementGroupJanitor:
 def _actor_state(actor_id: str) -> str | None:
     """``"alive"``, ``"dying"`` (dead per the GCS's actor table, its worker process not yet
     reported gone: ``ray.kill`` marks the actor dead first), ``"gone"``, or None when the GCS
-    cannot tell. Read from the GCS's actor and worker tables, as ``_actor_alive``."""
+    cannot tell. An id the actor table no longer holds was a dead actor's; a dead actor whose
+    process the worker table cannot tell of counts as dying.
+
+    The GCS's actor and worker tables are read directly (what ``ray.util.state`` serves
+    through the dashboard): the dashboard starts seconds after the cluster and answers slowly
+    on loaded cores, and a janitor that cannot tell keeps a dead trial's group reserved, which
+    froze sweeps (issue 22).
+    """
     from ray._private import state
     from ray._raylet import ActorID, WorkerID
     from ray.core.generated import gcs_pb2
@@ -219,36 +226,22 @@ def _actor_state(actor_id: str) -> str | None:
     try:
         accessor = state.state._connect_and_get_accessor()
         raw = accessor.get_actor_info(ActorID.from_hex(actor_id))
-        if raw is None:
-            return "gone"
-        actor = gcs_pb2.ActorTableData.FromString(raw)
-        if actor.state != gcs_pb2.ActorTableData.DEAD:
-            return "alive"
-        if not actor.address.worker_id:
-            return "gone"  # never had a process
-        raw = accessor.get_worker_info(WorkerID(actor.address.worker_id))
     except Exception:
         return None
     if raw is None:
         return "gone"
-    return "dying" if gcs_pb2.WorkerTableData.FromString(raw).is_alive else "gone"
-
-
-def _actor_alive(actor_id: str) -> bool | None:
-    """Whether the actor is alive per the GCS's actor table; None when the GCS cannot tell.
-
-    The GCS is asked directly (``ray._private.state.actors``, what ``ray.util.state`` serves
-    through the dashboard): the dashboard starts seconds after the cluster and answers slowly
-    on loaded cores, and a janitor that cannot tell keeps a dead trial's group reserved, which
-    froze sweeps (issue 22). An id the table no longer holds was a dead actor's.
-    """
-    from ray._private import state
-
+    actor = gcs_pb2.ActorTableData.FromString(raw)
+    if actor.state != gcs_pb2.ActorTableData.DEAD:
+        return "alive"
+    if not actor.address.worker_id:
+        return "gone"  # never had a process
     try:
-        info = state.actors(actor_id)
+        raw = accessor.get_worker_info(WorkerID(actor.address.worker_id))
     except Exception:
-        return None
-    return bool(info) and info.get("State") != "DEAD"
+        return "dying"
+    if raw is None:
+        return "gone"
+    return "dying" if gcs_pb2.WorkerTableData.FromString(raw).is_alive else "gone"
 
 
 def actor_groups(job_id: str) -> list[tuple[Any, bool]]:
@@ -279,7 +272,10 @@ def actor_groups(job_id: str) -> list[tuple[Any, bool]]:
         group = PlacementGroup(PlacementGroupID(data.placement_group_id))
         # The table's own flag can stay False for a controller that ray.kill ended (seen with
         # the stall watchdog's kill): the actor table is asked too.
-        dead = data.creator_actor_dead or _actor_alive(data.creator_actor_id.hex()) is False
+        dead = data.creator_actor_dead or _actor_state(data.creator_actor_id.hex()) in (
+            "dying",
+            "gone",
+        )
         found.append((group, bool(dead)))
     return found
 
